@@ -1,0 +1,292 @@
+"""Load a data directory into typed pandas frames, checking every value on the way.
+
+Nothing is silently dropped: a value that does not fit the schema stops the load with a
+:class:`~toyrec_helpers.schema.DataValidationError` naming the file, the row (1-based data
+row, and the line in the file, the header being line 1), the column and what was expected.
+Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from toyrec_helpers.schema import DataValidationError, Schema, TableSpec, read_schema
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated data directory.
+
+    Attributes
+    ----------
+    path : Path
+        Where it was read from.
+    schema : Schema
+        The parsed ``schema.json``.
+    users, items : pandas.DataFrame
+        One row per user / item, in file order; row ``i`` is entity index ``i`` everywhere
+        in the package. Feature columns are typed (``numeric`` as float, ``date`` as
+        datetime64, the others as strings).
+    ratings : pandas.DataFrame
+        The ratings file with typed columns, in file order.
+    interactions : pandas.DataFrame
+        The ratings as integer indices: columns ``user``, ``item`` (row indices into
+        ``users`` / ``items``), ``rating`` (float32) and, when the data has timestamps,
+        ``timestamp``; sorted by user, then time (ties keep file order).
+    has_timestamp : bool
+        Whether the ratings carry timestamps.
+
+    Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+    """
+
+    path: Path
+    schema: Schema
+    users: pd.DataFrame
+    items: pd.DataFrame
+    ratings: pd.DataFrame
+    interactions: pd.DataFrame
+    has_timestamp: bool
+
+    @property
+    def n_users(self) -> int:
+        """Number of users."""
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        """Number of items."""
+        return len(self.items)
+
+    def ratings_per_user(self) -> np.ndarray:
+        """Number of ratings of each user, indexed by user row (zeros included)."""
+        return np.bincount(self.interactions["user"].to_numpy(), minlength=self.n_users)
+
+    def summary(self) -> dict[str, object]:
+        """Counts that describe the data set (users, items, ratings, per-user counts).
+
+        Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+        """
+        per_user = self.ratings_per_user()
+        rated = self.interactions["rating"].to_numpy()
+        out: dict[str, object] = {
+            "name": self.schema.name,
+            "users": self.n_users,
+            "items": self.n_items,
+            "ratings": len(self.interactions),
+            "ratings_per_user_min": int(per_user.min()) if len(per_user) else 0,
+            "ratings_per_user_median": float(np.median(per_user)) if len(per_user) else 0.0,
+            "ratings_per_user_max": int(per_user.max()) if len(per_user) else 0,
+            "users_without_ratings": int((per_user == 0).sum()),
+            "mean_rating": float(rated.mean()) if len(rated) else float("nan"),
+            "density": len(self.interactions) / max(1, self.n_users * self.n_items),
+            "has_timestamp": self.has_timestamp,
+        }
+        if self.has_timestamp:
+            ts = self.interactions["timestamp"]
+            out["first_timestamp"] = str(ts.min())
+            out["last_timestamp"] = str(ts.max())
+        return out
+
+
+def _where(file: str, row: int, column: str | None = None) -> str:
+    col = f", column {column!r}" if column is not None else ""
+    return f"{file}, row {row + 1} (line {row + 2}){col}"
+
+
+def _read_csv(directory: Path, file: str, required: list[str]) -> pd.DataFrame:
+    path = directory / file
+    if not path.is_file():
+        raise DataValidationError(f"{path}: file not found (the schema names it)")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except pd.errors.ParserError as exc:
+        raise DataValidationError(f"{path}: not a well-formed CSV file: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(f"{path}: empty file; expected a CSV header") from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"the header has {', '.join(repr(c) for c in frame.columns)}"
+        )
+    return frame
+
+
+def _parse_numbers(values: pd.Series, file: str, column: str, expected: str) -> np.ndarray:
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy() | ~np.isfinite(parsed.to_numpy(float)))
+    if len(bad):
+        row = int(bad[0])
+        raise DataValidationError(
+            f"{_where(file, row, column)}: expected {expected}, got {values.iloc[row]!r}"
+        )
+    return parsed.to_numpy(dtype=np.float64)
+
+
+def _parse_dates(values: pd.Series, file: str, column: str) -> pd.Series:
+    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=False)
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if len(bad):
+        row = int(bad[0])
+        raise DataValidationError(
+            f"{_where(file, row, column)}: expected an ISO 8601 date or date-time "
+            f"(e.g. 2024-05-31 or 2024-05-31T14:03:00), got {values.iloc[row]!r}"
+        )
+    return parsed
+
+
+def _check_ids(frame: pd.DataFrame, file: str, column: str) -> None:
+    empty = np.flatnonzero((frame[column].str.strip() == "").to_numpy())
+    if len(empty):
+        raise DataValidationError(f"{_where(file, int(empty[0]), column)}: empty id")
+    dup = frame[column].duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup)
+        first = frame[column].iloc[rows[0]]
+        same = rows[(frame[column].iloc[rows] == first).to_numpy()]
+        raise DataValidationError(
+            f"{file}: id {first!r} in column {column!r} appears more than once "
+            f"(rows {int(same[0]) + 1} and {int(same[1]) + 1}); ids must be unique"
+        )
+
+
+def _typed_table(directory: Path, spec: TableSpec) -> pd.DataFrame:
+    required = [spec.id] + ([spec.title] if spec.title else []) + [c.name for c in spec.columns]
+    frame = _read_csv(directory, spec.file, required)
+    _check_ids(frame, spec.file, spec.id)
+    for col in spec.columns:
+        if col.kind == "numeric":
+            frame[col.name] = _parse_numbers(frame[col.name], spec.file, col.name, "a number")
+        elif col.kind == "date":
+            frame[col.name] = _parse_dates(frame[col.name], spec.file, col.name)
+    return frame
+
+
+def load_dataset(directory: str | Path | None = None) -> Dataset:
+    """Read and validate a data directory.
+
+    Parameters
+    ----------
+    directory : str or Path, optional
+        A directory with ``schema.json`` and the three CSV files it names. Defaults to the
+        embedded ToyShop (:func:`toyrec_helpers.toyshop.toyshop_dir`: ``data/toyshop`` in
+        a checkout, a verified regeneration elsewhere).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DataValidationError
+        Missing file or column, unparseable value, rating outside the scale, ratings naming
+        unknown users or items, duplicate (user, item) pairs, or an invalid schema. The
+        message names the file, row and column.
+
+    Warns
+    -----
+    UserWarning
+        When the ratings have no timestamp column: support and query sets are then drawn
+        at random per user (seeded) instead of in time order.
+
+    Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+    """
+    if directory is None:
+        from toyrec_helpers.toyshop import toyshop_dir
+
+        directory = toyshop_dir()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataValidationError(f"{directory}: not a directory")
+    schema = read_schema(directory)
+    users = _typed_table(directory, schema.users)
+    items = _typed_table(directory, schema.items)
+
+    rs = schema.ratings
+    ratings = _read_csv(directory, rs.file, [rs.user, rs.item, rs.rating])
+    has_timestamp = rs.timestamp is not None and rs.timestamp in ratings.columns
+    if not has_timestamp:
+        warnings.warn(
+            f"{directory / rs.file} has no timestamp column: support and query sets will "
+            "be drawn at random per user (seeded), not in time order",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    expected = f"a rating from {schema.rating_min:g} to {schema.rating_max:g}"
+    if schema.rating_integer:
+        expected = f"an integer rating from {schema.rating_min:g} to {schema.rating_max:g}"
+    values = _parse_numbers(ratings[rs.rating], rs.file, rs.rating, expected)
+    bad = (values < schema.rating_min) | (values > schema.rating_max)
+    if schema.rating_integer:
+        bad |= values != np.round(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(
+            f"{_where(rs.file, row, rs.rating)}: expected {expected}, "
+            f"got {ratings[rs.rating].iloc[row]!r}"
+        )
+    ratings[rs.rating] = values
+
+    user_pos = pd.Index(users[schema.users.id]).get_indexer(ratings[rs.user])
+    item_pos = pd.Index(items[schema.items.id]).get_indexer(ratings[rs.item])
+    for pos, col, other in ((user_pos, rs.user, schema.users), (item_pos, rs.item, schema.items)):
+        unknown = np.flatnonzero(pos < 0)
+        if len(unknown):
+            row = int(unknown[0])
+            raise DataValidationError(
+                f"{_where(rs.file, row, col)}: {ratings[col].iloc[row]!r} is not an id in "
+                f"{other.file} ({len(unknown)} row(s) name unknown ids)"
+            )
+    pairs = pd.Series(user_pos.astype(np.int64) * len(items) + item_pos)
+    dup = np.flatnonzero(pairs.duplicated(keep=False).to_numpy())
+    if len(dup):
+        first = pairs.iloc[dup[0]]
+        rows = dup[(pairs.iloc[dup] == first).to_numpy()]
+        raise DataValidationError(
+            f"{rs.file}: the pair ({rs.user}={ratings[rs.user].iloc[rows[0]]!r}, "
+            f"{rs.item}={ratings[rs.item].iloc[rows[0]]!r}) is rated more than once "
+            f"(rows {int(rows[0]) + 1} and {int(rows[1]) + 1}); each user rates an item once"
+        )
+
+    inter = pd.DataFrame(
+        {
+            "user": user_pos.astype(np.int64),
+            "item": item_pos.astype(np.int64),
+            "rating": values.astype(np.float32),
+        }
+    )
+    sort_by = ["user"]
+    if has_timestamp:
+        ratings[rs.timestamp] = _parse_dates(ratings[rs.timestamp], rs.file, rs.timestamp)
+        inter["timestamp"] = ratings[rs.timestamp].to_numpy()
+        sort_by.append("timestamp")
+    inter = inter.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    return Dataset(
+        path=directory,
+        schema=schema,
+        users=users,
+        items=items,
+        ratings=ratings,
+        interactions=inter,
+        has_timestamp=has_timestamp,
+    )
+
+
+def format_summary(summary: dict[str, object]) -> str:
+    """Render :meth:`Dataset.summary` as aligned ``key: value`` lines.
+
+    Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+    """
+    width = max(len(k) for k in summary)
+    lines = []
+    for key, value in summary.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {text}")
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""Users as tasks: user-disjoint splits, support/query episodes, and padded batches.
+
+Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """Disjoint groups of user indices: meta-train, meta-validation, meta-test.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_users(
+    n_users: int, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> UserSplit:
+    """Split users ``0..n_users-1`` at random into three disjoint, sorted groups.
+
+    Parameters
+    ----------
+    n_users : int
+        Number of users.
+    fractions : tuple of three floats
+        Shares of meta-train, meta-validation and meta-test users; must sum to 1.
+    seed : int
+        Seed of the permutation.
+
+    Returns
+    -------
+    UserSplit
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+    if n_users < 3:
+        raise ValueError(f"n_users must be at least 3 to make three groups, got {n_users}")
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions must be three non-negative shares summing to 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(n_users)
+    n_train = int(round(fractions[0] * n_users))
+    n_val = int(round(fractions[1] * n_users))
+    return UserSplit(
+        train=np.sort(perm[:n_train]),
+        val=np.sort(perm[n_train : n_train + n_val]),
+        test=np.sort(perm[n_train + n_val :]),
+    )
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One user as one task: a support set to adapt on and a query set to score.
+
+    Attributes
+    ----------
+    user : int
+        User index.
+    support_items, support_ratings : numpy.ndarray
+        The first ``K`` ratings (int64 item indices, float32 ratings), in time order.
+    query_items, query_ratings : numpy.ndarray
+        The ratings that follow.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+
+    user: int
+    support_items: np.ndarray
+    support_ratings: np.ndarray
+    query_items: np.ndarray
+    query_ratings: np.ndarray
+
+
+@dataclass(frozen=True)
+class EpisodeSet:
+    """Episodes of a group of users, and the users skipped for having too few ratings.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+
+    episodes: list[Episode]
+    skipped_users: np.ndarray
+    k_support: int
+    n_query: int | None
+
+    @property
+    def n_skipped(self) -> int:
+        """How many users were skipped (fewer than ``k_support + n_query`` ratings)."""
+        return int(len(self.skipped_users))
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def users(self) -> np.ndarray:
+        """User index of each episode."""
+        return np.array([e.user for e in self.episodes], dtype=np.int64)
+
+
+def make_episodes(
+    interactions: pd.DataFrame,
+    users: np.ndarray,
+    k_support: int,
+    n_query: int | None = None,
+    min_query: int = 1,
+    seed: int = 0,
+) -> EpisodeSet:
+    """Cut each user's ratings into a support set (first ``K``) and a query set.
+
+    Parameters
+    ----------
+    interactions : pandas.DataFrame
+        :attr:`toyrec_helpers.data.Dataset.interactions` (columns ``user``, ``item``,
+        ``rating`` and optionally ``timestamp``, sorted by user then time).
+    users : numpy.ndarray
+        User indices to make episodes for (for example ``split.test``).
+    k_support : int
+        Support size ``K`` (the first ``K`` ratings in time order).
+    n_query : int, optional
+        Query size ``Q`` (the next ``Q`` ratings). ``None`` takes all remaining ratings.
+    min_query : int
+        With ``n_query=None``, the fewest query ratings a user must have.
+    seed : int
+        Used only when there is no ``timestamp`` column: each user's ratings are then put
+        in a random (seeded) order before cutting.
+
+    Returns
+    -------
+    EpisodeSet
+        Episodes in the order of ``users``; users with fewer than ``K + Q`` ratings are
+        skipped and listed in ``skipped_users``, never silently dropped.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+    if k_support < 0:
+        raise ValueError(f"k_support must be >= 0, got {k_support}")
+    if n_query is not None and n_query < 1:
+        raise ValueError(f"n_query must be >= 1 or None, got {n_query}")
+    need = k_support + (n_query if n_query is not None else min_query)
+    user_col = interactions["user"].to_numpy()
+    items = interactions["item"].to_numpy(dtype=np.int64)
+    ratings = interactions["rating"].to_numpy(dtype=np.float32)
+    if "timestamp" not in interactions.columns:
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.random(len(user_col)), user_col))
+        user_col, items, ratings = user_col[order], items[order], ratings[order]
+    elif len(user_col) > 1 and (np.diff(user_col) < 0).any():
+        raise ValueError("interactions must be sorted by user (as Dataset.interactions is)")
+    starts = np.searchsorted(user_col, users, side="left")
+    ends = np.searchsorted(user_col, users, side="right")
+    episodes, skipped = [], []
+    for user, lo, hi in zip(users, starts, ends, strict=True):
+        if hi - lo < need:
+            skipped.append(int(user))
+            continue
+        mid = lo + k_support
+        stop = hi if n_query is None else mid + n_query
+        episodes.append(
+            Episode(
+                user=int(user),
+                support_items=items[lo:mid].copy(),
+                support_ratings=ratings[lo:mid].copy(),
+                query_items=items[mid:stop].copy(),
+                query_ratings=ratings[mid:stop].copy(),
+            )
+        )
+    return EpisodeSet(
+        episodes=episodes,
+        skipped_users=np.array(skipped, dtype=np.int64),
+        k_support=k_support,
+        n_query=n_query,
+    )
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """Episodes padded to common lengths, with masks (dimension 0 = task).
+
+    Attributes
+    ----------
+    users : torch.Tensor
+        int64 ``[T]``.
+    support_items, support_ratings, support_mask : torch.Tensor
+        ``[T, S]``: int64 item indices (padding holds item 0), float32 ratings (padding
+        0.0), float32 mask (1.0 = real rating, 0.0 = padding).
+    query_items, query_ratings, query_mask : torch.Tensor
+        ``[T, Q]``, likewise.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+
+    users: torch.Tensor
+    support_items: torch.Tensor
+    support_ratings: torch.Tensor
+    support_mask: torch.Tensor
+    query_items: torch.Tensor
+    query_ratings: torch.Tensor
+    query_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def to(self, device: torch.device | str) -> EpisodeBatch:
+        """The same batch with every tensor on ``device``."""
+        return EpisodeBatch(**{k: v.to(device) for k, v in vars(self).items()})
+
+    def select(self, index: torch.Tensor | np.ndarray | slice) -> EpisodeBatch:
+        """The sub-batch of the tasks at ``index`` (same padding)."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        return EpisodeBatch(**{k: v[index] for k, v in vars(self).items()})
+
+
+def _pad(rows: Sequence[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.zeros((len(rows), width), dtype=dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
+        mask[i, : len(r)] = 1.0
+    return out, mask
+
+
+def collate(episodes: Sequence[Episode]) -> EpisodeBatch:
+    """Pad a list of episodes into one :class:`EpisodeBatch`.
+
+    Parameters
+    ----------
+    episodes : sequence of Episode
+        Tasks of possibly different support and query sizes.
+
+    Returns
+    -------
+    EpisodeBatch
+        Support padded to the longest support, query to the longest query.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+    if len(episodes) == 0:
+        raise ValueError("collate needs at least one episode")
+    s_items, s_mask = _pad([e.support_items for e in episodes], torch.int64)
+    s_ratings, _ = _pad([e.support_ratings for e in episodes], torch.float32)
+    q_items, q_mask = _pad([e.query_items for e in episodes], torch.int64)
+    q_ratings, _ = _pad([e.query_ratings for e in episodes], torch.float32)
+    return EpisodeBatch(
+        users=torch.tensor([e.user for e in episodes], dtype=torch.int64),
+        support_items=s_items,
+        support_ratings=s_ratings,
+        support_mask=s_mask,
+        query_items=q_items,
+        query_ratings=q_ratings,
+        query_mask=q_mask,
+    )
+
+
+def candidate_items(episode: Episode, n_items: int) -> np.ndarray:
+    """The full-catalogue candidates of a user: every item not in their support set.
+
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+    keep = np.ones(n_items, dtype=bool)
+    keep[episode.support_items] = False
+    return np.flatnonzero(keep)
+
+
+def candidate_mask(batch: EpisodeBatch, n_items: int) -> torch.Tensor:
+    """Boolean ``[T, n_items]``: True where an item is a candidate (not in the support set).
+
+    The vectorised form of :func:`candidate_items`.
+    Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
+    """
+    in_support = torch.zeros((len(batch), n_items), dtype=torch.float32)
+    in_support.scatter_add_(1, batch.support_items, batch.support_mask)
+    return in_support == 0
