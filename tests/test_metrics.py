@@ -154,8 +154,9 @@ def test_ndcg_padding_never_affects_results() -> None:
         if n == 1:  # sklearn rejects a single document; one real item is always a perfect 1
             assert ours[i].item() == pytest.approx(1.0)
         else:
-            assert ours[i].item() == pytest.approx(ndcg_score(y[i : i + 1, :n], s[i : i + 1, :n],
-                                                              k=3), abs=1e-10)
+            assert ours[i].item() == pytest.approx(
+                ndcg_score(y[i : i + 1, :n], s[i : i + 1, :n], k=3), abs=1e-10
+            )
 
 
 def test_ndcg_rejects_bad_k() -> None:
@@ -171,7 +172,7 @@ def catalogue_reference(
 ) -> tuple[list[float], list[float]]:
     """Slow pure-Python HR@k and binary NDCG@k (ties: lower item index first)."""
     hr, nd = [], []
-    for s, r, e in zip(scores.tolist(), relevant.tolist(), exclude.tolist()):
+    for s, r, e in zip(scores.tolist(), relevant.tolist(), exclude.tolist(), strict=True):
         n_rel = sum(r)
         if n_rel == 0:
             hr.append(math.nan)
@@ -191,7 +192,9 @@ def test_catalogue_hand_computed() -> None:
     exclude = torch.tensor([[False, True, False, False, False, False]])
     # item 1 excluded; ranking: 2 (0.8), 3 (0.7), 5 (0.3), 4, 0
     # k=3: relevances 0, 1, 1 -> DCG = 1/log2(3) + 1/log2(4); IDCG (2 relevant) = 1 + 1/log2(3)
-    assert close(catalogue_ndcg_at_k(scores, relevant, exclude, k=3), [(1 / L3 + 0.5) / (1 + 1 / L3)])
+    assert close(
+        catalogue_ndcg_at_k(scores, relevant, exclude, k=3), [(1 / L3 + 0.5) / (1 + 1 / L3)]
+    )
     assert close(hit_rate_at_k(scores, relevant, exclude, k=3), [1.0])
     # k=1: top item 2 is not relevant -> HR 0, NDCG 0
     assert close(hit_rate_at_k(scores, relevant, exclude, k=1), [0.0])
@@ -199,8 +202,10 @@ def test_catalogue_hand_computed() -> None:
     # k=2: relevance 0, 1 -> DCG = 1/log2(3); IDCG = 1 + 1/log2(3)
     assert close(catalogue_ndcg_at_k(scores, relevant, exclude, k=2), [(1 / L3) / (1 + 1 / L3)])
     # k beyond the catalogue is clipped: same as k = 6 (all 5 candidates ranked)
-    assert close(catalogue_ndcg_at_k(scores, relevant, exclude, k=50),
-                 catalogue_ndcg_at_k(scores, relevant, exclude, k=6))
+    assert close(
+        catalogue_ndcg_at_k(scores, relevant, exclude, k=50),
+        catalogue_ndcg_at_k(scores, relevant, exclude, k=6),
+    )
 
 
 def test_catalogue_exclusion_changes_ranking() -> None:
@@ -263,19 +268,31 @@ def test_catalogue_masks_scatter() -> None:
     query_items = torch.tensor([[1, 2, 4, 0], [2, 0, 1, 4]])
     query_ratings = torch.tensor([[4.0, 3.5, 5.0, 5.0], [4.0, 1.0, 4.5, 3.9]])
     query_mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
-    relevant, exclude = catalogue_masks(support_items, support_mask, query_items,
-                                        query_ratings, query_mask, n_items=6)
+    relevant, exclude = catalogue_masks(
+        support_items, support_mask, query_items, query_ratings, query_mask, n_items=6
+    )
     # user 0: relevant = {1 (4.0 >= 4), 4 (5.0)}; item 2 has 3.5; padded item 0 (5.0) ignored
     # user 1: relevant = {2, 1}; item 4 has 3.9; padded entry (item 0) ignored
     # exclude: user 0 = {3} (padding item 0 ignored); user 1 = {0, 5} (item 0 is real here)
-    assert relevant.tolist() == [[False, True, False, False, True, False],
-                                 [False, True, True, False, False, False]]
-    assert exclude.tolist() == [[False, False, False, True, False, False],
-                                [True, False, False, False, False, True]]
+    assert relevant.tolist() == [
+        [False, True, False, False, True, False],
+        [False, True, True, False, False, False],
+    ]
+    assert exclude.tolist() == [
+        [False, False, False, True, False, False],
+        [True, False, False, False, False, True],
+    ]
     assert relevant.dtype == torch.bool and exclude.dtype == torch.bool
     # a higher threshold keeps only ratings >= 4.5
-    rel_hi, _ = catalogue_masks(support_items, support_mask, query_items, query_ratings,
-                                query_mask, n_items=6, threshold=4.5)
+    rel_hi, _ = catalogue_masks(
+        support_items,
+        support_mask,
+        query_items,
+        query_ratings,
+        query_mask,
+        n_items=6,
+        threshold=4.5,
+    )
     assert rel_hi.nonzero().tolist() == [[0, 4], [1, 1]]
 
 
@@ -285,8 +302,9 @@ def test_catalogue_masks_errors() -> None:
     with pytest.raises(ValueError, match="'query_items'.*7.*\\[0, 1\\]"):
         catalogue_masks(items[:, :1], ones[:, :1], items, ones * 5, ones, n_items=6)
     # an out-of-range index at a *padded* position is fine
-    rel, _ = catalogue_masks(items[:, :1], ones[:, :1], items, ones * 5,
-                             torch.tensor([[1.0, 0.0]]), n_items=6)
+    rel, _ = catalogue_masks(
+        items[:, :1], ones[:, :1], items, ones * 5, torch.tensor([[1.0, 0.0]]), n_items=6
+    )
     assert rel.nonzero().tolist() == [[0, 0]]
     with pytest.raises(ValueError, match="'n_items'"):
         catalogue_masks(items, ones, items, ones, ones, n_items=0)

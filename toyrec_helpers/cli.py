@@ -18,7 +18,9 @@ def _generate_data(args: argparse.Namespace) -> int:
     from toyrec_helpers.toyshop import ToyShopConfig, generate_toyshop, write_toyshop
 
     try:
-        config = ToyShopConfig(seed=args.seed, users=args.users, items=args.items, ratings=args.ratings)
+        config = ToyShopConfig(
+            seed=args.seed, users=args.users, items=args.items, ratings=args.ratings
+        )
     except ValueError as exc:
         print(f"generate-data: {exc}", file=sys.stderr)
         return 2
@@ -66,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--users", type=int, default=3000, help="number of shoppers (default 3000)")
     gen.add_argument("--items", type=int, default=600, help="number of toys (default 600)")
     gen.add_argument(
-        "--ratings", type=int, default=100_000, help="approximate number of ratings (default 100000)"
+        "--ratings",
+        type=int,
+        default=100_000,
+        help="approximate number of ratings (default 100000)",
     )
     gen.add_argument("--overwrite", action="store_true", help="replace a generated directory")
     gen.set_defaults(func=_generate_data)

@@ -8,6 +8,7 @@ Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from toyrec_helpers.schema import DataValidationError, Schema, TableSpec, read_schema
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -102,7 +104,11 @@ def _read_csv(directory: Path, file: str, required: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataValidationError(f"{path}: file not found (the schema names it)")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        # blank lines are kept (as empty rows) so that row and line numbers stay right and
+        # nothing is skipped silently
+        frame = pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8", skip_blank_lines=False
+        )
     except UnicodeDecodeError as exc:
         raise DataValidationError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except pd.errors.ParserError as exc:
@@ -129,7 +135,19 @@ def _parse_numbers(values: pd.Series, file: str, column: str, expected: str) -> 
     return parsed.to_numpy(dtype=np.float64)
 
 
+_TZ_SUFFIX = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
+
+
 def _parse_dates(values: pd.Series, file: str, column: str) -> pd.Series:
+    zones = values.str.strip().str.extract(_TZ_SUFFIX, expand=False).fillna("")
+    differs = np.flatnonzero((zones != zones.iloc[0]).to_numpy()) if len(values) else []
+    if len(differs):
+        row = int(differs[0])
+        raise DataValidationError(
+            f"{_where(file, row, column)}: time zone {zones.iloc[row] or 'none'!r} differs "
+            f"from row 1's ({zones.iloc[0] or 'none'!r}); expected every value in one time "
+            f"zone, got {values.iloc[row]!r}"
+        )
     parsed = pd.to_datetime(values, errors="coerce", format="ISO8601", utc=False)
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if len(bad):

@@ -48,7 +48,9 @@ def split_users(
     if n_users < 3:
         raise ValueError(f"n_users must be at least 3 to make three groups, got {n_users}")
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must be three non-negative shares summing to 1, got {fractions}")
+        raise ValueError(
+            f"fractions must be three non-negative shares summing to 1, got {fractions}"
+        )
     perm = np.random.default_rng(seed).permutation(n_users)
     n_train = int(round(fractions[0] * n_users))
     n_val = int(round(fractions[1] * n_users))

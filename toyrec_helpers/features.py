@@ -113,7 +113,9 @@ class FeatureEncoder:
             categorical_sizes=tuple(len(self.vocabularies[c.name]) + 1 for c in cats),
             multi=tuple(multis),
             multi_names=tuple(c.name for c in self.spec.of_kind("multi")),
-            multi_sizes=tuple(len(self.vocabularies[c.name]) + 1 for c in self.spec.of_kind("multi")),
+            multi_sizes=tuple(
+                len(self.vocabularies[c.name]) + 1 for c in self.spec.of_kind("multi")
+            ),
             numeric=torch.from_numpy(num),
             numeric_names=tuple(c.name for c in nums),
         )

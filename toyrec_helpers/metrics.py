@@ -45,8 +45,9 @@ def _as_2d(x: ArrayLike, name: str, dtype: torch.dtype | None = None) -> torch.T
     """Return ``x`` as a detached 2-D tensor, or raise naming the argument."""
     t = torch.as_tensor(x).detach()
     if t.dim() != 2:
-        raise ValueError(f"argument {name!r}: expected a 2-D array [T, n], got shape "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"argument {name!r}: expected a 2-D array [T, n], got shape {tuple(t.shape)}"
+        )
     return t if dtype is None else t.to(dtype)
 
 
@@ -72,8 +73,9 @@ def _check_finite(values: torch.Tensor, where: torch.Tensor, name: str) -> None:
     bad = where & ~torch.isfinite(values)
     if bad.any():
         rows = torch.nonzero(bad.any(dim=1)).flatten()[:5].tolist()
-        raise ValueError(f"argument {name!r}: non-finite values at real (unmasked) entries, "
-                         f"e.g. in rows {rows}")
+        raise ValueError(
+            f"argument {name!r}: non-finite values at real (unmasked) entries, e.g. in rows {rows}"
+        )
 
 
 def _discounts(n: int, device: torch.device) -> torch.Tensor:
@@ -223,8 +225,10 @@ def _topk_relevance(
     overlap = (r & e).any(dim=1)
     if overlap.any():
         rows = torch.nonzero(overlap).flatten()[:5].tolist()
-        raise ValueError("arguments 'relevant' and 'exclude' overlap (an item is both a "
-                         f"relevant query item and an excluded support item), e.g. rows {rows}")
+        raise ValueError(
+            "arguments 'relevant' and 'exclude' overlap (an item is both a "
+            f"relevant query item and an excluded support item), e.g. rows {rows}"
+        )
     _check_finite(s, ~e, "scores")
     k_eff = min(k, s.shape[1])
     neg_inf = torch.tensor(-torch.inf, dtype=torch.float64, device=s.device)
@@ -362,14 +366,17 @@ def catalogue_masks(
     _same_shape(support_items=si, support_mask=sm)
     _same_shape(query_items=qi, query_ratings=qr, query_mask=qm)
     if si.shape[0] != qi.shape[0]:
-        raise ValueError(f"support and query arguments disagree on T: {si.shape[0]} vs "
-                         f"{qi.shape[0]}")
+        raise ValueError(
+            f"support and query arguments disagree on T: {si.shape[0]} vs {qi.shape[0]}"
+        )
     for name, items, m in (("support_items", si, sm), ("query_items", qi, qm)):
         bad = m & ((items < 0) | (items >= n_items))
         if bad.any():
             row, col = torch.nonzero(bad)[0].tolist()
-            raise ValueError(f"argument {name!r}: item index {int(items[row, col])} at "
-                             f"[{row}, {col}] is outside 0..{n_items - 1}")
+            raise ValueError(
+                f"argument {name!r}: item index {int(items[row, col])} at "
+                f"[{row}, {col}] is outside 0..{n_items - 1}"
+            )
     t = si.shape[0]
 
     def scatter(items: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
@@ -400,8 +407,9 @@ def _clean(values: ArrayLike | Sequence[float], name: str) -> np.ndarray:
         values = values.detach().cpu().numpy()
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1:
-        raise ValueError(f"argument {name!r}: expected one value per user (1-D), got shape "
-                         f"{v.shape}")
+        raise ValueError(
+            f"argument {name!r}: expected one value per user (1-D), got shape {v.shape}"
+        )
     v = v[~np.isnan(v)]
     if v.size == 0:
         raise ValueError(f"argument {name!r}: no non-NaN values to bootstrap")

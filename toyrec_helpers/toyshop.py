@@ -20,6 +20,7 @@ bytes. Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -130,6 +131,8 @@ class ToyShopConfig:
     ratings: int = 100_000
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         if self.users < 3:
             raise ValueError(f"users must be at least 3, got {self.users}")
         if self.items < 40:
@@ -280,7 +283,9 @@ def generate_toyshop(config: ToyShopConfig | None = None) -> ToyShop:
         if not brand_home[:, c].any():
             brand_home[rng.integers(n_brand), c] = True
     item_brand = np.array([rng.choice(np.flatnonzero(brand_home[:, c])) for c in item_cat])
-    item_age = np.array([rng.choice(n_age, p=np.array(CATEGORIES[cat_names[c]][1])) for c in item_cat])
+    item_age = np.array(
+        [rng.choice(n_age, p=np.array(CATEGORIES[cat_names[c]][1])) for c in item_cat]
+    )
     median_price = np.array([CATEGORIES[cat_names[c]][0] for c in item_cat])
     price = np.round(median_price * np.exp(rng.normal(0.0, 0.45, n_i)), 0) - 0.01
     price = np.maximum(price, 3.99)
@@ -291,7 +296,9 @@ def generate_toyshop(config: ToyShopConfig | None = None) -> ToyShop:
         weights = np.full(n_theme, 0.15)
         weights[typical] = 2.0
         n_t = rng.choice([1, 2, 3], p=[0.45, 0.4, 0.15])
-        item_themes.append(sorted(rng.choice(n_theme, size=n_t, replace=False, p=weights / weights.sum())))
+        item_themes.append(
+            sorted(rng.choice(n_theme, size=n_t, replace=False, p=weights / weights.sum()))
+        )
     release = _dates(rng, pd.Timestamp("2020-01-01"), pd.Timestamp("2024-09-30"), n_i)
     quality = rng.normal(0.0, SIGMA_QUALITY, n_i)
     brand_quality = rng.normal(0.0, SIGMA_BRAND, n_brand)
@@ -300,7 +307,9 @@ def generate_toyshop(config: ToyShopConfig | None = None) -> ToyShop:
     titles, seen = [], set()
     for i in range(n_i):
         first = THEME_WORDS[THEMES[item_themes[i][0]]][rng.integers(5)]
-        noun = CATEGORIES[cat_names[item_cat[i]]][3][rng.integers(len(CATEGORIES[cat_names[item_cat[i]]][3]))]
+        noun = CATEGORIES[cat_names[item_cat[i]]][3][
+            rng.integers(len(CATEGORIES[cat_names[item_cat[i]]][3]))
+        ]
         second = ""
         if len(item_themes[i]) > 1:
             second = " " + THEME_WORDS[THEMES[item_themes[i][1]]][rng.integers(5)]
@@ -363,8 +372,9 @@ def generate_toyshop(config: ToyShopConfig | None = None) -> ToyShop:
 
     # --- what each shopper buys and rates (missing not at random) -----------------------
     extra_mean = cfg.ratings / n_u - MIN_RATINGS
-    log_scale = np.log(extra_mean) - PER_USER_SIGMA**2 / 2
-    n_rated = MIN_RATINGS + np.floor(rng.lognormal(log_scale, PER_USER_SIGMA, n_u)).astype(int)
+    log_scale = np.log(max(extra_mean, 1e-9)) - PER_USER_SIGMA**2 / 2
+    extra = rng.lognormal(log_scale, PER_USER_SIGMA, n_u) if extra_mean > 0 else np.zeros(n_u)
+    n_rated = MIN_RATINGS + np.floor(extra).astype(int)
     n_rated = np.minimum(n_rated, n_i // 2)
     keys = CHOICE_TEMPERATURE * taste + log_pop[None, :] + rng.gumbel(size=(n_u, n_i))
     order = np.argsort(-keys, axis=1, kind="stable")
@@ -404,6 +414,11 @@ def generate_toyshop(config: ToyShopConfig | None = None) -> ToyShop:
     return ToyShop(config=cfg, users=users, items=items, ratings=ratings, scores=scores)
 
 
+@functools.lru_cache(maxsize=2)
+def _generate_cached(config: ToyShopConfig) -> ToyShop:
+    return generate_toyshop(config)
+
+
 def write_toyshop(shop: ToyShop, out: str | Path, overwrite: bool = False) -> Path:
     """Write a generated shop as a data directory (atomically: a temporary directory is
     filled, then renamed).
@@ -436,9 +451,15 @@ def write_toyshop(shop: ToyShop, out: str | Path, overwrite: bool = False) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tmp.chmod(0o755)
-        for name, frame in (("items", shop.items), ("users", shop.users), ("ratings", shop.ratings)):
+        for name, frame in (
+            ("items", shop.items),
+            ("users", shop.users),
+            ("ratings", shop.ratings),
+        ):
             frame.to_csv(tmp / f"{name}.csv", index=False, lineterminator="\n", encoding="utf-8")
-        (tmp / "schema.json").write_text(json.dumps(shop.schema(), indent=2) + "\n", encoding="utf-8")
+        (tmp / "schema.json").write_text(
+            json.dumps(shop.schema(), indent=2) + "\n", encoding="utf-8"
+        )
         datasheet = DATASHEET.read_text(encoding="utf-8") if DATASHEET.is_file() else None
         if datasheet is not None:
             (tmp / "README.md").write_text(datasheet, encoding="utf-8")
@@ -507,11 +528,17 @@ def answer_key(dataset: object) -> np.ndarray:
     cfg = config_from_schema(schema.raw)
     if cfg is None:
         raise ValueError(f"{dataset.path}: not generated by the ToyShop generator; no answer key")  # type: ignore[attr-defined]
-    shop = generate_toyshop(cfg)
+    shop = _generate_cached(cfg)
     ratings = dataset.ratings  # type: ignore[attr-defined]
-    same = len(ratings) == len(shop.ratings) and (
-        ratings[schema.ratings.rating].to_numpy() == shop.ratings["rating"].to_numpy()
-    ).all()
+    rs = schema.ratings
+    same = len(ratings) == len(shop.ratings) and all(
+        (ratings[col].astype(str).to_numpy() == shop.ratings[ref].astype(str).to_numpy()).all()
+        for col, ref in ((rs.user, "user_id"), (rs.item, "item_id"))
+    )
+    same = same and bool((ratings[rs.rating].to_numpy() == shop.ratings["rating"].to_numpy()).all())
+    if same and rs.timestamp is not None and rs.timestamp in ratings.columns:
+        stamps = pd.to_datetime(shop.ratings["timestamp"], format="ISO8601").to_numpy()
+        same = bool((ratings[rs.timestamp].to_numpy() == stamps).all())
     if not same:
         raise ValueError(
             f"{dataset.path}: ratings differ from what generator settings {cfg} produce; "  # type: ignore[attr-defined]
@@ -563,7 +590,7 @@ def toyshop_dir(cache_dir: str | Path | None = None) -> Path:
     Parameters
     ----------
     cache_dir : str or Path, optional
-        Where to regenerate; ignored when the repository copy exists.
+        Where to regenerate. When given, it is used even in a repository checkout.
 
     Returns
     -------
@@ -582,6 +609,10 @@ def toyshop_dir(cache_dir: str | Path | None = None) -> Path:
     target = Path(cache_dir or default_cache_dir()) / f"toyshop-v{GENERATOR_VERSION}"
     if target.is_dir() and file_sha256(target) == TOYSHOP_SHA256:
         return target
+    if target.exists() and not _is_generated_dir(target):
+        raise FileExistsError(
+            f"{target}: exists and is not a generated ToyShop directory; refusing to replace it"
+        )
     write_toyshop(generate_toyshop(ToyShopConfig()), target, overwrite=True)
     sums = file_sha256(target)
     if sums != TOYSHOP_SHA256:
