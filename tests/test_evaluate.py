@@ -1,0 +1,380 @@
+"""Tests of toyrec_helpers.evaluate (the cold-start protocol) and its command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from datadirs import set_cell
+
+from toyrec_helpers import cli
+from toyrec_helpers.baselines import PopularityRecommender
+from toyrec_helpers.data import load_dataset
+from toyrec_helpers.evaluate import (
+    METHODS,
+    METRICS,
+    EvalConfig,
+    check_json_path,
+    evaluate,
+    fit_methods,
+    format_table,
+    prepare,
+    resolve_methods,
+    score_recommender,
+)
+from toyrec_helpers.toyshop import ToyShopConfig, generate_toyshop, write_toyshop
+
+TINY = EvalConfig(ks=(1, 3, 5), seeds=(0, 1), epochs=1, global_epochs=2, article_epochs=2,
+                  n_boot=200)
+SUMMARY_KEYS = {"method", "k", "metric", "mean", "ci_low", "ci_high", "n_users"}
+
+
+@pytest.fixture(scope="module")
+def shop_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "shop"
+    shop = generate_toyshop(ToyShopConfig(seed=1, users=300, items=80, ratings=9000))
+    return write_toyshop(shop, out)
+
+
+@pytest.fixture(scope="module")
+def dataset(shop_dir):
+    return load_dataset(shop_dir)
+
+
+@pytest.fixture(scope="module")
+def data(dataset):
+    return prepare(dataset, TINY)
+
+
+@pytest.fixture(scope="module")
+def result(dataset):
+    torch.set_num_threads(1)
+    return evaluate(dataset, TINY, progress=False)
+
+
+@pytest.fixture()
+def no_key_dir(shop_dir, tmp_path):
+    """A copy of the small shop whose schema has no generator block (no answer key)."""
+    out = tmp_path / "nokey"
+    shutil.copytree(shop_dir, out)
+    schema = json.loads((out / "schema.json").read_text(encoding="utf-8"))
+    del schema["generator"]
+    (out / "schema.json").write_text(json.dumps(schema), encoding="utf-8")
+    return out
+
+
+# --- protocol properties -----------------------------------------------------------------
+
+
+def test_no_shopper_is_in_two_groups_and_training_sees_meta_train_only(data, result):
+    train, val, test = (set(g.tolist()) for g in (data.split.train, data.split.val,
+                                                   data.split.test))
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(train | val | test) == data.dataset.n_users
+    assert set(data.train_interactions["user"]) <= train
+    assert len(data.train_interactions) == data.dataset.interactions["user"].isin(train).sum()
+    assert {e.user for e in data.train_episodes} <= train
+    assert {e.user for e in data.val_episodes} <= val
+    assert set(result.users.tolist()) <= test
+    assert result.split_sizes["test"] == len(test) == 60
+
+
+def test_support_strictly_precedes_query_in_time(data):
+    inter = data.dataset.interactions
+    when = dict(zip(zip(inter["user"], inter["item"], strict=True), inter["timestamp"],
+                    strict=True))
+    max_k = max(TINY.ks)
+    for e in data.test_episodes:
+        support = [when[(e.user, int(i))] for i in e.support_items]
+        query = [when[(e.user, int(i))] for i in e.query_items]
+        assert len(support) == max_k and len(query) >= 1
+        assert max(support) < min(query)
+        # together they are the shopper's whole history, in time order
+        history = inter[inter["user"] == e.user]
+        assert np.array_equal(np.concatenate([e.support_items, e.query_items]),
+                              history["item"].to_numpy())
+
+
+def test_query_is_the_same_for_every_k(data):
+    full = data.test_batch(max(TINY.ks))
+    for k in TINY.ks:
+        batch = data.test_batch(k)
+        assert torch.equal(batch.users, full.users)
+        assert torch.equal(batch.query_items, full.query_items)
+        assert torch.equal(batch.query_ratings, full.query_ratings)
+        assert torch.equal(batch.query_mask, full.query_mask)
+        assert torch.equal(batch.support_items, full.support_items[:, :k])
+        assert bool((batch.support_mask.sum(1) == k).all())
+
+
+def test_non_adapted_methods_score_the_same_at_every_k(result):
+    # same query and same candidates at every K: only adapted methods may change
+    for method in ("popularity", "global", "oracle"):
+        for metric in METRICS:
+            assert np.array_equal(result.per_user(method, 1, metric),
+                                  result.per_user(method, 5, metric), equal_nan=True)
+    assert not np.array_equal(result.per_user("finetune", 1, "mae"),
+                              result.per_user("finetune", 5, "mae"))
+
+
+def test_shoppers_with_too_few_ratings_are_skipped_and_counted(dataset, tmp_path):
+    config = EvalConfig(ks=(1, 25), seeds=(0,), n_boot=50)
+    data = prepare(dataset, config, with_answer_key=False)
+    counts = dataset.ratings_per_user()[data.split.test]
+    expected = data.split.test[counts < 26]
+    assert 0 < len(expected) < len(data.split.test)
+    assert np.array_equal(np.sort(data.skipped_users), np.sort(expected))
+    res = evaluate(dataset, config, methods=["popularity"], progress=False)
+    assert res.split_sizes["skipped"] == len(expected)
+    assert res.split_sizes["evaluated"] == len(data.split.test) - len(expected)
+    mae_rows = res.summary().query("metric == 'mae'")
+    assert (mae_rows["n_users"] == res.split_sizes["evaluated"]).all()
+    saved = json.loads(res.to_json(tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert saved["protocol"]["users"]["skipped"] == len(expected)
+
+
+def _perturbed(dataset, users, rows_of):
+    """The data set with ratings ``r -> 6 - r`` at the rows ``rows_of(user_rows)``."""
+    inter = dataset.interactions.copy()
+    rating = inter["rating"].to_numpy().copy()
+    for u in users:
+        rows = np.flatnonzero(inter["user"].to_numpy() == u)
+        rating[rows_of(rows)] = 6.0 - rating[rows_of(rows)]
+    inter["rating"] = rating.astype(np.float32)
+    return dataclasses.replace(dataset, interactions=inter)
+
+
+def test_methods_see_only_the_support_ratings_of_test_shoppers(dataset, data, result):
+    # Flip every query rating of every meta-test shopper: the recommenders trained on the
+    # changed data (last seed, as kept by evaluate) must predict exactly the same.
+    max_k = max(TINY.ks)
+    changed = _perturbed(dataset, data.split.test, lambda rows: rows[max_k:])
+    data2 = prepare(changed, TINY)
+    assert not torch.equal(data2.test_batch(1).query_ratings, data.test_batch(1).query_ratings)
+    recs2, _ = fit_methods(data2, TINY.seeds[-1])
+    assert set(recs2) == set(result.recommenders) == set(METHODS)
+    for k in TINY.ks:
+        batch = data.test_batch(k)
+        for method, rec in result.recommenders.items():
+            assert torch.equal(rec.predict(batch, "all"), recs2[method].predict(batch, "all")), \
+                (method, k)
+    # ... while the same pipeline does react to training ratings (the check can fail)
+    changed_train = _perturbed(dataset, data.split.train[:50], lambda rows: rows)
+    recs3, _ = fit_methods(prepare(changed_train, TINY, with_answer_key=False),
+                           TINY.seeds[-1], ["global"])
+    batch = data.test_batch(1)
+    assert not torch.equal(result.recommenders["global"].predict(batch, "all"),
+                           recs3["global"].predict(batch, "all"))
+
+
+def test_recommenders_get_no_query_ratings(data):
+    seen = []
+
+    class Spy:
+        name, predicts_ratings = "spy", True
+
+        def predict(self, batch, items=None):
+            seen.append(batch)
+            return torch.full((len(batch), data.dataset.n_items), 3.0)
+
+    out = score_recommender(Spy(), data, 3)
+    assert set(out) == set(METRICS)
+    assert seen and all(float(b.query_ratings.abs().sum()) == 0.0 and
+                        float(b.query_mask.sum()) == 0.0 for b in seen)
+    assert all(bool((b.support_mask.sum(1) == 3).all()) for b in seen)
+
+
+def test_rating_metrics_are_skipped_for_ranking_only_scores(data):
+    count = PopularityRecommender(data.train_interactions, data.split.train,
+                                  data.dataset.n_items, by="count")
+    out = score_recommender(count, data, 1)
+    assert set(out) == {"ndcg@3", "hr@10", "ndcg@10"}
+    assert all(v.shape == (len(data.test_episodes),) for v in out.values())
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+def test_summary_shape_ci_and_per_user_values(result):
+    summary = result.summary()
+    assert list(summary.columns) == ["method", "k", "metric", "mean", "ci_low", "ci_high",
+                                     "n_users"]
+    ranking_only = {"popularity_count"}  # no rating metrics for a ranking-only score
+    rating_metrics = 2
+    expected = len(METHODS) * len(TINY.ks) * len(METRICS) - len(ranking_only) * len(
+        TINY.ks
+    ) * rating_metrics
+    assert len(summary) == expected
+    assert (summary["ci_low"] <= summary["mean"]).all()
+    assert (summary["mean"] <= summary["ci_high"]).all()
+    assert (summary["ci_low"] < summary["ci_high"]).any()
+    n_users = len(result.users)
+    for row in summary.itertuples():
+        values = result.per_user(row.method, row.k, row.metric)
+        assert values.shape == (len(TINY.seeds), n_users)
+        assert row.mean == pytest.approx(np.nanmean(values.mean(axis=0)), abs=1e-12)
+        assert row.n_users == int((~np.isnan(values[0])).sum())
+    # seed-free methods repeat; trained ones depend on the seed
+    pop = result.per_user("popularity", 5, "mae")
+    assert np.array_equal(pop[0], pop[1])
+    glob = result.per_user("global", 5, "mae")
+    assert not np.array_equal(glob[0], glob[1])
+    with pytest.raises(KeyError, match="no values"):
+        result.per_user("maml", 7, "mae")
+
+
+def test_oracle_is_the_best_and_tuned_rates_come_from_the_grid(result):
+    s = result.summary().set_index(["method", "k", "metric"])["mean"]
+    assert all(s[("oracle", 5, "mae")] < s[(m, 5, "mae")] for m in METHODS
+               if m not in ("oracle", "popularity_count"))
+    tuned = result.protocol()["tuned"]["inner_lr"]
+    assert set(tuned) == {"article", "finetune", "fomaml", "maml", "metasgd", "maml_head"}
+    assert all(lr in TINY.inner_lr_grid for lrs in tuned.values() for lr in lrs)
+
+
+def test_json_schema_is_exact_and_only_evaluate_json_is_replaced(result, tmp_path):
+    path = result.to_json(tmp_path / "sub" / "eval.json")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert set(saved) == {"data", "protocol", "summary"}
+    assert saved["data"] == result.data
+    protocol = saved["protocol"]
+    assert protocol["ks"] == [1, 3, 5] and protocol["seeds"] == [0, 1]
+    assert protocol["methods"] == list(METHODS) and protocol["epochs"] == 1
+    assert set(dataclasses.asdict(TINY)) <= set(protocol)
+    assert len(saved["summary"]) == len(result.summary())
+    for row in saved["summary"]:
+        assert set(row) == SUMMARY_KEYS
+        assert isinstance(row["method"], str) and isinstance(row["metric"], str)
+        assert isinstance(row["k"], int) and isinstance(row["n_users"], int)
+        assert all(isinstance(row[c], float) for c in ("mean", "ci_low", "ci_high"))
+    assert saved["summary"][0] == {"method": "popularity", "k": 1, "metric": "mae",
+                                   **{c: pytest.approx(result.summary().iloc[0][c])
+                                      for c in ("mean", "ci_low", "ci_high")},
+                                   "n_users": int(result.summary().iloc[0]["n_users"])}
+    # a previous evaluation JSON is replaced ...
+    path.write_text(path.read_text(encoding="utf-8").replace('"k": 1', '"k": 99'),
+                    encoding="utf-8")
+    result.to_json(path)
+    assert '"k": 99' not in path.read_text(encoding="utf-8")
+    # ... nothing else is
+    for name, content in (("notes.json", '{"data": 1}'), ("notes.txt", "my notes")):
+        mine = tmp_path / name
+        mine.write_text(content, encoding="utf-8")
+        with pytest.raises(FileExistsError, match="refusing to replace"):
+            result.to_json(mine)
+        assert mine.read_text(encoding="utf-8") == content
+    with pytest.raises(FileExistsError, match="directory"):
+        check_json_path(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["eval.json"]  # no temp
+
+
+def test_format_table(result):
+    text = format_table(result.summary())
+    assert text.count("K = ") == len(TINY.ks)
+    for name in (*METHODS, *METRICS):
+        assert name in text
+    one = format_table(result.summary(), metric="ndcg@10", k=5)
+    assert "K=5" in one and "K=1" not in one and "mae" not in one
+    row = result.summary().query("method == 'maml' and k == 5 and metric == 'ndcg@10'").iloc[0]
+    assert f"{row['mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" in one
+    with pytest.raises(ValueError, match="no summary rows"):
+        format_table(result.summary(), k=7)
+
+
+def test_oracle_only_with_an_answer_key(result, no_key_dir):
+    assert "oracle" in result.methods
+    res = evaluate(no_key_dir, EvalConfig(ks=(5,), seeds=(0,), n_boot=50),
+                   methods=["popularity"], progress=False)
+    assert "oracle" not in res.methods
+    data = prepare(no_key_dir, EvalConfig(ks=(5,), seeds=(0,)))
+    assert data.answer_key is None
+    with pytest.raises(ValueError, match="'oracle' needs an answer key"):
+        evaluate(no_key_dir, EvalConfig(ks=(5,), seeds=(0,)), methods=["oracle"],
+                 progress=False)
+    with pytest.raises(ValueError, match="valid names: popularity, popularity_count, global"):
+        evaluate(no_key_dir, EvalConfig(ks=(5,), seeds=(0,)), methods=["mamal"])
+
+
+def test_default_methods_leave_oracle_out_without_an_answer_key(no_key_dir):
+    data = prepare(no_key_dir, EvalConfig(ks=(5,), seeds=(0,)))
+    assert resolve_methods(None, data) == tuple(m for m in METHODS if m != "oracle")
+
+
+def test_config_is_checked_and_serialisable():
+    assert EvalConfig(ks=[10, 1]).ks == (1, 10)
+    for bad in ({"ks": (0, 1)}, {"ks": (5, 5)}, {"seeds": ()}, {"catalogue_exclude": "x"},
+                {"ci_method": "x"}, {"fractions": (0.5, 0.5, 0.5)}, {"epochs": 0}):
+        with pytest.raises(ValueError, match="EvalConfig"):
+            EvalConfig(**bad)
+    assert json.loads(json.dumps(EvalConfig().to_dict()))["hidden"] == [64, 32]
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def test_cli_method_names_match_the_module():
+    assert cli.EVALUATE_METHODS == METHODS
+
+
+def test_cli_prints_table_and_writes_json(shop_dir, tmp_path, capsys):
+    out_json = tmp_path / "eval.json"
+    code = cli.main(["evaluate", "--data", str(shop_dir), "--k", "1", "5", "--seeds", "1",
+                     "--methods", "finetune", "popularity", "global", "--json", str(out_json),
+                     "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "K = 1" in out and "K = 5" in out and f"wrote {out_json}" in out
+    assert "60 evaluated, 0 skipped" in out
+    header = next(line for line in out.splitlines() if line.startswith("method"))
+    assert header.split() == ["method", *METRICS]
+    for method in ("popularity", "global", "finetune"):
+        assert sum(line.startswith(method) for line in out.splitlines()) == 2
+    saved = json.loads(out_json.read_text(encoding="utf-8"))
+    assert saved["protocol"]["methods"] == ["popularity", "global", "finetune"]
+    assert saved["protocol"]["ks"] == [1, 5] and saved["protocol"]["seeds"] == [0]
+    assert {row["k"] for row in saved["summary"]} == {1, 5}
+
+
+def test_cli_invalid_data_directory_prints_the_error(shop_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(shop_dir, broken)
+    set_cell(broken / "ratings.csv", 3, "rating", "7")
+    code = cli.main(["evaluate", "--data", str(broken), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.startswith("invalid: ") and "ratings.csv, row 4" in err and "'7'" in err
+    assert "Traceback" not in out + err
+    code = cli.main(["evaluate", "--data", str(tmp_path / "missing"), "--no-progress"])
+    assert code == 1 and "not a directory" in capsys.readouterr().err
+
+
+def test_cli_unknown_method_and_oracle_without_key(no_key_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--data", str(no_key_dir), "--methods", "maml", "mamal"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'mamal'" in err and ", ".join(METHODS) in err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--data", str(no_key_dir), "--methods", "oracle", "--k", "5",
+                  "--seeds", "1", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "'oracle' needs an answer key" in capsys.readouterr().err
+    mine = tmp_path / "mine.json"
+    mine.write_text("{}", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--data", str(no_key_dir), "--json", str(mine)])
+    assert "refusing to replace" in capsys.readouterr().err
+    assert mine.read_text(encoding="utf-8") == "{}"
+
+
+def test_popularity_count_ranks_by_count_and_has_no_rating_metrics(dataset):
+    config = EvalConfig(ks=(5,), seeds=(0,), n_boot=50)
+    res = evaluate(dataset, config, methods=["popularity_count"], progress=False)
+    metrics = set(res.summary().query("method == 'popularity_count'")["metric"])
+    assert "mae" not in metrics and "rmse" not in metrics and "ndcg@10" in metrics
+    rec = res.recommenders["popularity_count"]
+    assert not rec.predicts_ratings
