@@ -140,6 +140,7 @@ def _bench(args: argparse.Namespace) -> int:
             quick=args.quick, steps=args.steps, latency_repeats=args.latency_repeats,
             compile_timeout_s=args.compile_timeout or None,
             compile_budget_s=args.compile_budget, threads=args.threads,
+            latency_threads=args.latency_threads,
             impls=subset(args.impls, ("loop", "vmap", "compiled"), "impls"),
             orders=subset(args.orders, ("second", "first"), "orders"),
             adapts=subset(args.adapts, ("all_dense", "all_sparse", "head"), "adapts"),
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch intra-op threads (default: torch's)")
     bench.add_argument("--latency-repeats", type=_positive_int, default=200,
                        help="timed new-shopper adaptations (default 200)")
+    bench.add_argument("--latency-threads", type=_positive_int, default=1,
+                       help="CPU threads for the new-shopper latency (default 1)")
     bench.add_argument("--impls", default=None, help="subset, e.g. loop,vmap (default all)")
     bench.add_argument("--orders", default=None, help="subset of second,first")
     bench.add_argument("--adapts", default=None, help="subset of all_dense,all_sparse,head")

@@ -282,6 +282,8 @@ def candidate_mask(batch: EpisodeBatch, n_items: int) -> torch.Tensor:
     The vectorised form of :func:`candidate_items`.
     Introduced in chapter 2 (book/02_users_as_tasks.ipynb).
     """
-    in_support = torch.zeros((len(batch), n_items), dtype=torch.float32)
+    in_support = torch.zeros(
+        (len(batch), n_items), dtype=torch.float32, device=batch.support_items.device
+    )
     in_support.scatter_add_(1, batch.support_items, batch.support_mask)
     return in_support == 0
