@@ -48,6 +48,36 @@ def use_vendored_assets(app: Sphinx, config: Config) -> None:
     logger.info("[offline_assets] serving MathJax and ipywidgets from %s", VENDOR)
 
 
+# The ipywidgets bundle typesets widget labels with MathJax 2's API (MathJax.Hub.Queue),
+# while Sphinx serves MathJax 3. Give every MathJax object a small Hub whose Queue
+# typesets with MathJax 3, so that widget pages raise no JavaScript error. MathJax 3
+# replaces window.MathJax when it starts, hence the property setter.
+MATHJAX2_SHIM = """(function () {
+  var current = window.MathJax;
+  function withHub(mj) {
+    if (mj && typeof mj === "object" && !mj.Hub) {
+      mj.Hub = { Queue: function () {
+        var m = window.MathJax;
+        if (m && typeof m.typesetPromise === "function") { m.typesetPromise(); }
+      } };
+    }
+    return mj;
+  }
+  Object.defineProperty(window, "MathJax", {
+    configurable: true,
+    get: function () { return current; },
+    set: function (value) { current = withHub(value); }
+  });
+  current = withHub(current);
+})();"""
+
+
+def add_mathjax2_shim(app: Sphinx) -> None:
+    """Inline the shim first in every page's head, before MathJax and the widgets load."""
+    app.add_js_file(None, body=MATHJAX2_SHIM, priority=1)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", use_vendored_assets)
+    app.connect("builder-inited", add_mathjax2_shim)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
