@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from toyrec_helpers.episodes import EpisodeBatch
-from toyrec_helpers.meta import MetaConfig
+from toyrec_helpers.meta import MetaConfig, _inner_rates
 from toyrec_helpers.models import (
     FeatureRecommender,
     IdEmbeddingRecommender,
@@ -128,24 +128,9 @@ def _rates(
     config: MetaConfig,
     inner_lrs: Mapping[str, torch.Tensor] | None,
 ) -> dict[str, torch.Tensor | float]:
-    """Inner learning rate of each adapted parameter (as in :func:`meta.adapt`)."""
-    if config.meta_sgd == "off":
-        if inner_lrs is not None:
-            raise ValueError("argument 'inner_lrs' was given but config.meta_sgd is 'off'; "
-                             "use MetaConfig(meta_sgd='tensor' or 'element')")
-        return dict.fromkeys(names, float(config.inner_lr))
-    if inner_lrs is None:
-        raise ValueError(f"config.meta_sgd is {config.meta_sgd!r}, so 'inner_lrs' is "
-                         "required (start from meta.init_inner_lrs(model, config))")
-    if set(inner_lrs) != set(names):
-        raise KeyError(f"argument 'inner_lrs' must hold one entry per adapted parameter "
-                       f"{sorted(names)}, got {sorted(inner_lrs)}")
-    for n in names:
-        shape = tuple(inner_lrs[n].shape)
-        if shape not in ((), tuple(params[n].shape)):
-            raise ValueError(f"inner_lrs[{n!r}] has shape {shape}; expected () or "
-                             f"{tuple(params[n].shape)}")
-    return dict(inner_lrs)
+    """Inner learning rate of each adapted parameter, checked exactly as :func:`meta.adapt`
+    checks them (the same function does it)."""
+    return dict(_inner_rates(names, params, config, inner_lrs))
 
 
 def _indices(model: nn.Module, lookup: _Lookup, rows: torch.Tensor) -> torch.Tensor:
