@@ -830,6 +830,16 @@ class EvalResult:
 # --------------------------------------------------------------------------- evaluate
 
 
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (so a stored
+    result does not record one machine's absolute paths), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def evaluate(
     dataset: Dataset | str | os.PathLike[str] | None = None,
     config: EvalConfig | None = None,
@@ -905,7 +915,7 @@ def evaluate(
     bar.close()
     split = data.split
     result = EvalResult(
-        data=str(data.dataset.path), config=config, methods=chosen, users=data.users,
+        data=_display_path(data.dataset.path), config=config, methods=chosen, users=data.users,
         skipped_users=data.skipped_users.copy(), values=values, fits=pd.DataFrame(fits),
         recommenders=recommenders,
         split_sizes={"train": len(split.train), "val": len(split.val), "test": len(split.test),

@@ -611,25 +611,32 @@ def meta_train(
     best_epoch, best_val = 0, val_mse
     stale, stopped_early = 0, False
     bar = tqdm(range(1, config.epochs + 1), desc="meta-train", disable=not progress)
+    # Every training episode goes to the device once; meta-batches are selected there, and
+    # the losses stay there until the epoch ends, so the loop never waits for the device.
+    all_tasks = collate(train_episodes).to(device)
     for epoch in bar:
-        order = torch.randperm(len(train_episodes), generator=generator).tolist()
-        total, n_tasks = 0.0, 0
-        for step, lo in enumerate(range(0, len(order), config.meta_batch)):
-            chosen = order[lo:lo + config.meta_batch]
-            batch = collate([train_episodes[i] for i in chosen]).to(device)
+        order = torch.randperm(len(train_episodes), generator=generator).to(device)
+        step_losses, sizes = [], []
+        for lo in range(0, len(order), config.meta_batch):
+            batch = all_tasks.select(order[lo:lo + config.meta_batch])
             loss = meta_loss(model, params, batch, config, inner_lrs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"meta-loss is {loss.item()} at epoch {epoch}, meta-step {step}; "
-                    "lower config.inner_lr or config.outer_lr"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
-            total += loss.item() * len(batch)
-            n_tasks += len(batch)
+            step_losses.append(loss.detach())
+            sizes.append(len(batch))
+        losses = torch.stack(step_losses).cpu()  # the epoch's one wait for the device
+        bad = torch.nonzero(~torch.isfinite(losses))
+        if len(bad):
+            step = int(bad[0])
+            raise FloatingPointError(
+                f"meta-loss is {losses[step].item()} at epoch {epoch}, meta-step {step}; "
+                "lower config.inner_lr or config.outer_lr"
+            )
+        total = float((losses * torch.tensor(sizes, dtype=losses.dtype)).sum())
+        n_tasks = sum(sizes)
         val_mse, val_mae = _val_metrics(model, params, val_batch, config, inner_lrs)
         history.append({"epoch": epoch, "train_loss": total / n_tasks, "val_mse": val_mse,
                         "val_mae": val_mae, "seconds": time.perf_counter() - start})
