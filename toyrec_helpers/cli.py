@@ -10,8 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toyrec_helpers.schema import DataValidationError
+
+if TYPE_CHECKING:  # the data module imports pandas: only load it when a command needs it
+    from toyrec_helpers.data import Dataset
 
 
 def _generate_data(args: argparse.Namespace) -> int:
@@ -33,20 +37,31 @@ def _generate_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_data(args: argparse.Namespace) -> int:
+def _load_or_report(directory: Path | None) -> Dataset | None:
+    """Load a data directory for a command: print its warnings as notes, and on invalid
+    data print the validation error (no traceback) and return ``None``."""
     import warnings
 
-    from toyrec_helpers.data import format_summary, load_dataset
+    from toyrec_helpers.data import load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            dataset = load_dataset(args.directory)
+            dataset = load_dataset(directory)
         except DataValidationError as exc:
             print(f"invalid: {exc}", file=sys.stderr)
-            return 1
+            return None
     for w in caught:
         print(f"note: {w.message}")
+    return dataset
+
+
+def _validate_data(args: argparse.Namespace) -> int:
+    from toyrec_helpers.data import format_summary
+
+    dataset = _load_or_report(args.directory)
+    if dataset is None:
+        return 1
     print(f"valid: {Path(args.directory)}")
     print(format_summary(dataset.summary()))
     return 0
@@ -72,11 +87,9 @@ def _positive_int(text: str) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import time
-    import warnings
 
     import torch
 
-    from toyrec_helpers.data import load_dataset
     from toyrec_helpers.evaluate import EvalConfig, check_json_path, evaluate, format_table
 
     parser: argparse.ArgumentParser = args.parser
@@ -93,15 +106,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         config = EvalConfig(ks=tuple(args.k), seeds=tuple(range(args.seeds)))
     except ValueError as exc:
         parser.error(str(exc))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            dataset = load_dataset(args.data)
-        except DataValidationError as exc:
-            print(f"invalid: {exc}", file=sys.stderr)
-            return 1
-    for w in caught:
-        print(f"note: {w.message}")
+    dataset = _load_or_report(args.data)
+    if dataset is None:
+        return 1
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
