@@ -40,7 +40,7 @@ $(INSTALLED): requirements-dev.txt pyproject.toml
 		$(PY) -m pip install torch==2.13.0; \
 	fi
 	$(PY) -m pip install -r requirements-dev.txt
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -e ".[book]"
 	@touch $@
 
 # Without npm (or without the registry) the book still builds: pages then load MathJax and

@@ -21,37 +21,24 @@ TOYSHOP_DIR = REPO_ROOT / "data" / "toyshop"
 DATASHEET = REPO_ROOT / "toyrec_helpers" / "toyshop_datasheet.md"
 DATA_FILES = ("schema.json", "users.csv", "items.csv", "ratings.csv")
 
+def _columns(**kinds: str) -> dict[str, dict[str, str]]:
+    """Schema column entries; a multi-valued column gets the separator "|"."""
+    return {name: {"kind": kind, **({"separator": "|"} if kind == "multi" else {})}
+            for name, kind in kinds.items()}
+
+
 TINY_SCHEMA: dict[str, Any] = {
     "format_version": 1,
     "name": "TinyShop",
     "rating_scale": {"min": 1, "max": 5, "integer": True},
-    "users": {
-        "file": "users.csv",
-        "id": "user_id",
-        "columns": {
-            "age_band": {"kind": "categorical"},
-            "region": {"kind": "categorical"},
-            "signup_date": {"kind": "date"},
-        },
-    },
-    "items": {
-        "file": "items.csv",
-        "id": "item_id",
-        "title": "title",
-        "columns": {
-            "category": {"kind": "categorical"},
-            "price": {"kind": "numeric"},
-            "tags": {"kind": "multi", "separator": "|"},
-            "release_date": {"kind": "date"},
-        },
-    },
-    "ratings": {
-        "file": "ratings.csv",
-        "user": "user_id",
-        "item": "item_id",
-        "rating": "rating",
-        "timestamp": "timestamp",
-    },
+    "users": {"file": "users.csv", "id": "user_id",
+              "columns": _columns(age_band="categorical", region="categorical",
+                                  signup_date="date")},
+    "items": {"file": "items.csv", "id": "item_id", "title": "title",
+              "columns": _columns(category="categorical", price="numeric", tags="multi",
+                                  release_date="date")},
+    "ratings": {"file": "ratings.csv", "user": "user_id", "item": "item_id",
+                "rating": "rating", "timestamp": "timestamp"},
 }
 
 TINY_USERS = (

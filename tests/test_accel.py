@@ -13,21 +13,24 @@ import numpy as np
 import pytest
 import torch
 from synthetic import make_episodes, make_features
+from torch import nn
 
 from toyrec_helpers import cli
 from toyrec_helpers.accel import sparse_meta_loss, sparse_predict_adapted
-from toyrec_helpers.bench import _cpu_peak_bytes, format_results, make_problem, run_bench
+from toyrec_helpers.bench import cpu_peak_bytes, format_results, make_problem, run_bench
 from toyrec_helpers.episodes import Episode, collate
 from toyrec_helpers.meta import MetaConfig, init_inner_lrs, meta_loss, predict_adapted
-from toyrec_helpers.models import FeatureRecommender, IdEmbeddingRecommender
+from toyrec_helpers.models import (
+    FeatureRecommender,
+    IdEmbeddingRecommender,
+    InputPlan,
+    Lookup,
+    Numeric,
+    apply_head,
+    input_parts,
+)
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 FEATURES = make_features(n_users=24, n_items=30, seed=0)
@@ -56,6 +59,17 @@ def loss_and_grads(fn, model, params, rates, batch, config, **kwargs):
     return loss.detach(), torch.autograd.grad(loss, tensors)
 
 
+def assert_sparse_equals_dense(model, params, rates, config, batch=BATCH, **kwargs):
+    """Same meta-loss and meta-gradient (params and rates) as the dense meta_loss."""
+    dense_loss, dense_grads = loss_and_grads(meta_loss, model, params, rates, batch, config)
+    loss, grads = loss_and_grads(sparse_meta_loss, model, params, rates, batch, config,
+                                 **kwargs)
+    torch.testing.assert_close(loss, dense_loss, rtol=1e-12, atol=1e-12)
+    for g, d in zip(grads, dense_grads, strict=True):
+        torch.testing.assert_close(g, d, rtol=1e-9, atol=1e-12)
+    return dense_grads
+
+
 def test_batch_shares_rows_and_is_padded():
     """The equality tests below mean something only if tasks reuse embedding rows
     (duplicates must be merged) and support sets are padded."""
@@ -71,13 +85,8 @@ def test_sparse_meta_loss_equals_dense(order, meta_sgd):
     config = MetaConfig(inner_steps=3, inner_lr=0.3, adapt="all", order=order,
                         meta_sgd=meta_sgd)
     params, rates = leaves(model, config)
-    dense_loss, dense_grads = loss_and_grads(meta_loss, model, params, rates, BATCH, config)
     for kwargs in ({"vectorize": True}, {"vectorize": False}, {"chunk_size": 4}):
-        loss, grads = loss_and_grads(sparse_meta_loss, model, params, rates, BATCH, config,
-                                     **kwargs)
-        torch.testing.assert_close(loss, dense_loss, rtol=1e-12, atol=1e-12)
-        for g, d in zip(grads, dense_grads, strict=True):
-            torch.testing.assert_close(g, d, rtol=1e-9, atol=1e-12)
+        dense_grads = assert_sparse_equals_dense(model, params, rates, config, **kwargs)
     # The embeddings really are adapted: the meta-gradient of a table differs from the
     # one with head-only adaptation.
     head = MetaConfig(inner_steps=3, inner_lr=0.3, adapt="head", order=order)
@@ -90,12 +99,7 @@ def test_sparse_head_adaptation_and_tensor_rates_equal_dense():
     model = feature_model(seed=1)
     for config in (MetaConfig(inner_steps=2, inner_lr=0.2, adapt="head"),
                    MetaConfig(inner_steps=2, inner_lr=0.2, adapt="all", meta_sgd="tensor")):
-        params, rates = leaves(model, config)
-        dense_loss, dense_grads = loss_and_grads(meta_loss, model, params, rates, BATCH, config)
-        loss, grads = loss_and_grads(sparse_meta_loss, model, params, rates, BATCH, config)
-        torch.testing.assert_close(loss, dense_loss, rtol=1e-12, atol=1e-12)
-        for g, d in zip(grads, dense_grads, strict=True):
-            torch.testing.assert_close(g, d, rtol=1e-9, atol=1e-12)
+        assert_sparse_equals_dense(model, *leaves(model, config), config)
 
 
 def test_sparse_equals_dense_for_the_id_model():
@@ -103,11 +107,46 @@ def test_sparse_equals_dense_for_the_id_model():
     model = IdEmbeddingRecommender(24, 30, embedding_dim=3).double()
     config = MetaConfig(inner_steps=2, inner_lr=0.1, adapt="all", order="second")
     params, _ = leaves(model, config)
-    dense_loss, dense_grads = loss_and_grads(meta_loss, model, params, None, BATCH, config)
-    loss, grads = loss_and_grads(sparse_meta_loss, model, params, None, BATCH, config)
-    torch.testing.assert_close(loss, dense_loss, rtol=1e-12, atol=1e-12)
-    for g, d in zip(grads, dense_grads, strict=True):
-        torch.testing.assert_close(g, d, rtol=1e-9, atol=1e-12)
+    assert_sparse_equals_dense(model, params, None, config)
+
+
+class TanhHead(nn.Module):
+    """A model described only by its input plan: id lookups, a numeric user column, and a
+    head named 'decide' that is not Linear/ReLU (so accel cannot assume 'mlp'/'linear')."""
+
+    decision_prefixes = ("decide.",)
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 3) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.items = nn.Embedding(n_items, dim)
+        self.users = nn.Embedding(n_users, dim)
+        self.register_buffer("user_numeric", torch.linspace(-1, 1, n_users)[:, None])
+        self.decide = nn.Sequential(nn.Linear(2 * dim + 1, 4), nn.Tanh(), nn.Linear(4, 1))
+        self.plan = InputPlan((Lookup("items", "item"), Numeric("user_numeric", "user"),
+                               Lookup("users", "user")), "decide")
+
+    def input_plan(self) -> InputPlan:
+        return self.plan
+
+    def forward(self, users, items):
+        users, items = torch.broadcast_tensors(users, items)
+        x = torch.cat(input_parts(self, self.plan, users, items, torch.float64), -1)
+        return apply_head(self, self.plan, x)
+
+
+@pytest.mark.parametrize("adapt_group", ["all", "head"])
+def test_sparse_follows_the_input_plan_of_any_model(adapt_group):
+    torch.manual_seed(0)
+    model = TanhHead(24, 30).double()
+    for order in ("second", "first"):
+        config = MetaConfig(inner_steps=2, inner_lr=0.3, adapt=adapt_group, order=order)
+        params, _ = leaves(model, config)
+        assert_sparse_equals_dense(model, params, None, config)
+        assert_sparse_equals_dense(model, params, None, config, vectorize=False)
+    torch.testing.assert_close(
+        sparse_predict_adapted(model, params, BATCH, config, items="all"),
+        predict_adapted(model, params, BATCH, config, items="all"), rtol=1e-12, atol=1e-12)
 
 
 def test_sparse_predictions_equal_dense():
@@ -154,7 +193,7 @@ def test_sparse_uses_far_less_memory_with_large_tables():
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
 
     def peak(fn):
-        return _cpu_peak_bytes(lambda: fn(model, params, BATCH, config).backward())
+        return cpu_peak_bytes(lambda: fn(model, params, BATCH, config).backward())
 
     table = big * 8 * 4  # bytes of the big table
     dense, sparse = peak(meta_loss), peak(sparse_meta_loss)
@@ -165,7 +204,7 @@ def test_sparse_uses_far_less_memory_with_large_tables():
 def test_errors():
     model = feature_model()
     params = dict(model.named_parameters())
-    with pytest.raises(TypeError, match="sparse adaptation supports"):
+    with pytest.raises(TypeError, match="sparse adaptation supports.*input_plan.*Linear"):
         sparse_meta_loss(torch.nn.Linear(2, 1), {}, BATCH, MetaConfig())
     with pytest.raises(KeyError, match="missing"):
         sparse_meta_loss(model, {}, BATCH, MetaConfig())
@@ -175,6 +214,8 @@ def test_errors():
         sparse_meta_loss(model, params, [1, 2], MetaConfig())
     with pytest.raises(ValueError, match="items"):
         sparse_predict_adapted(model, params, BATCH, MetaConfig(), items="some")
+    with pytest.raises(ValueError, match="'items'.*0..29"):
+        sparse_predict_adapted(model, params, BATCH, MetaConfig(), items=torch.tensor([30]))
 
 
 # --------------------------------------------------------------------------- bench

@@ -26,6 +26,7 @@ from toyrec_helpers.baselines import (
     fit_global,
     ratings_of,
     tune_inner_lr,
+    tune_rate,
 )
 from toyrec_helpers.episodes import collate
 from toyrec_helpers.meta import MetaConfig
@@ -244,6 +245,30 @@ def test_tune_inner_lr_picks_the_lowest_validation_mse(world: dict) -> None:
     assert chosen["val_mse"] == pytest.approx(direct, rel=1e-6)
     assert all(math.isfinite(row["val_mae"]) or row["inner_lr"] == 1e4 for row in table)
     assert INNER_LR_GRID == (0.01, 0.03, 0.1, 0.3)
+
+
+def test_one_tuning_rule_serves_sgd_and_adam_adaptation(world: dict) -> None:
+    from toyrec_helpers import baselines, recommenders
+
+    assert baselines.AdaptedModelRecommender is recommenders.AdaptedModelRecommender
+    fitted, article, batch = world["fitted"], world["article"], world["test_batch"]
+    config = MetaConfig(inner_steps=3, inner_lr=0.05)
+    grid = (0.01, 0.1, 1e4)
+    sgd = tune_rate(lambda lr: AdaptedModelRecommender(
+        fitted.model, fitted.params, dataclasses.replace(config, inner_lr=lr)), batch, grid)
+    assert sgd == tune_inner_lr(fitted.model, fitted.params, batch, config, grid=grid)
+    best, table = tune_rate(lambda lr: ArticleRecommender(article.model, article.params,
+                                                          steps=3, lr=lr), batch, grid)
+    assert [row["inner_lr"] for row in table] == list(grid)
+    assert best == min(table, key=lambda row: row["val_mse"])["inner_lr"]
+    direct = ArticleRecommender(article.model, article.params, steps=3, lr=best)
+    err = (direct.predict(batch) - batch.query_ratings) ** 2 * batch.query_mask
+    chosen = next(row for row in table if row["inner_lr"] == best)
+    assert chosen["val_mse"] == pytest.approx(float((err.sum(1) / batch.query_mask.sum(1))
+                                                    .mean()), rel=1e-6)
+    with pytest.raises(FloatingPointError, match="every Adam rate in"):
+        tune_rate(lambda lr: ArticleRecommender(article.model, article.params, lr=lr),
+                  batch, (1e30,), "Adam rate")
 
 
 def test_oracle_returns_the_answer_key(world: dict) -> None:

@@ -1,19 +1,25 @@
-"""Tests for toyrec_helpers.distributed: sharding, and one data-parallel meta-step with
-two processes (gloo over loopback) equal to the single-process meta-step."""
+"""Tests for toyrec_helpers.distributed: sharding, one data-parallel meta-step with two
+processes (gloo over loopback) equal to the single-process meta-step, and `main --data`
+equal to meta_train."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from toyrec_helpers.bench import make_problem
+from toyrec_helpers.checkpoints import load_checkpoint
 from toyrec_helpers.distributed import (
     distributed_meta_step,
+    load_problem,
+    main,
     make_meta_optimizer,
     run_local,
     shard,
 )
-from toyrec_helpers.meta import MetaConfig, meta_loss
+from toyrec_helpers.meta import MetaConfig, meta_loss, meta_train
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +78,26 @@ def test_two_processes_match_one_process(tmp_path):
         changed += int(not torch.equal(value, make_problem("tiny", 7)[0].double()
                                        .state_dict()[name]))
     assert changed == len(expected)  # the step moved every parameter tensor
+
+
+def test_single_process_data_run_is_meta_train(tmp_path):
+    # `main --data` is meta_train with the all-reduce hook: one process of it gives exactly
+    # meta_train's result (same torch.randperm order, validation, Meta-SGD, patience).
+    data = Path(__file__).resolve().parent.parent / "data" / "toyshop"
+    out, ckpt = tmp_path / "params.pt", tmp_path / "best.pt"
+    argv = ["--data", str(data), "--device", "cpu", "--epochs", "2", "--meta-batch", "256",
+            "--inner-steps", "1", "--meta-sgd", "tensor", "--patience", "1", "--seed", "3",
+            "--save-params", str(out), "--out", str(ckpt)]
+    assert main(argv) == 0
+    model, train, val = load_problem(data, k=5, query=10, seed=3)
+    config = MetaConfig(inner_steps=1, meta_batch=256, epochs=2, meta_sgd="tensor")
+    expected = meta_train(model, train, val, config, seed=3, progress=False, patience=1)
+    got = torch.load(out)
+    assert set(got) == set(expected.params)
+    for name, value in expected.params.items():
+        assert torch.equal(got[name], value), name
+    saved = load_checkpoint(ckpt, model=model, expected_config=config)
+    assert saved.extra["epoch"] == expected.best_epoch
+    for name, value in expected.inner_lrs.items():
+        assert torch.equal(saved.inner_lrs[name], value), name
+    assert main(["--sizes", "tiny", "--meta-sgd", "tensor"]) == 2  # needs --data

@@ -12,23 +12,35 @@ import torch
 from datadirs import set_cell
 
 from toyrec_helpers import cli
+from toyrec_helpers import evaluate as evaluation
 from toyrec_helpers.baselines import PopularityRecommender
 from toyrec_helpers.data import load_dataset
 from toyrec_helpers.evaluate import (
     METHODS,
     METRICS,
+    ArticleSettings,
     EvalConfig,
+    InnerSettings,
+    MethodFit,
+    MethodSpec,
+    OuterSettings,
+    SupervisedSettings,
     check_json_path,
     evaluate,
     fit_methods,
     format_table,
+    get_method,
+    method_names,
     prepare,
+    register_method,
     resolve_methods,
     score_recommender,
+    unregister_method,
 )
 from toyrec_helpers.toyshop import ToyShopConfig, generate_toyshop, write_toyshop
 
-TINY = EvalConfig(ks=(1, 3, 5), seeds=(0, 1), epochs=1, global_epochs=2, article_epochs=2,
+TINY = EvalConfig(ks=(1, 3, 5), seeds=(0, 1), outer=OuterSettings(epochs=1),
+                  supervised=SupervisedSettings(epochs=2), article=ArticleSettings(epochs=2),
                   n_boot=200)
 SUMMARY_KEYS = {"method", "k", "metric", "mean", "ci_low", "ci_high", "n_users"}
 
@@ -233,7 +245,7 @@ def test_oracle_is_the_best_and_tuned_rates_come_from_the_grid(result):
                if m not in ("oracle", "popularity_count"))
     tuned = result.protocol()["tuned"]["inner_lr"]
     assert set(tuned) == {"article", "finetune", "fomaml", "maml", "metasgd", "maml_head"}
-    assert all(lr in TINY.inner_lr_grid for lrs in tuned.values() for lr in lrs)
+    assert all(lr in TINY.inner.lr_grid for lrs in tuned.values() for lr in lrs)
 
 
 def test_json_schema_is_exact_and_only_evaluate_json_is_replaced(result, tmp_path):
@@ -244,7 +256,9 @@ def test_json_schema_is_exact_and_only_evaluate_json_is_replaced(result, tmp_pat
     protocol = saved["protocol"]
     assert protocol["ks"] == [1, 3, 5] and protocol["seeds"] == [0, 1]
     assert protocol["methods"] == list(METHODS) and protocol["epochs"] == 1
-    assert set(dataclasses.asdict(TINY)) <= set(protocol)
+    assert list(protocol)[2:2 + len(TINY.to_dict())] == list(TINY.to_dict())
+    assert protocol["global_epochs"] == 2 and protocol["article_epochs"] == 2
+    assert EvalConfig.from_dict(protocol) == TINY
     assert len(saved["summary"]) == len(result.summary())
     for row in saved["summary"]:
         assert set(row) == SUMMARY_KEYS
@@ -307,17 +321,33 @@ def test_default_methods_leave_oracle_out_without_an_answer_key(no_key_dir):
 def test_config_is_checked_and_serialisable():
     assert EvalConfig(ks=[10, 1]).ks == (1, 10)
     for bad in ({"ks": (0, 1)}, {"ks": (5, 5)}, {"seeds": ()}, {"catalogue_exclude": "x"},
-                {"ci_method": "x"}, {"fractions": (0.5, 0.5, 0.5)}, {"epochs": 0}):
+                {"ci_method": "x"}, {"fractions": (0.5, 0.5, 0.5)}, {"min_query": 0}):
         with pytest.raises(ValueError, match="EvalConfig"):
             EvalConfig(**bad)
-    assert json.loads(json.dumps(EvalConfig().to_dict()))["hidden"] == [64, 32]
+    for make, label in ((lambda: OuterSettings(epochs=0), "OuterSettings.epochs"),
+                        (lambda: OuterSettings(outer_lr=-1.0), "OuterSettings.outer_lr"),
+                        (lambda: SupervisedSettings(hidden=(64, 0)), "SupervisedSettings.hidden"),
+                        (lambda: ArticleSettings(steps=-1), "ArticleSettings.steps"),
+                        (lambda: InnerSettings(lr_grid=()), "InnerSettings.lr_grid"),
+                        (lambda: InnerSettings(lr_grid=(0.1, float("nan"))),
+                         "InnerSettings.lr_grid")):
+        with pytest.raises(ValueError, match=label):
+            make()
+    with pytest.raises(TypeError, match="EvalConfig.inner: expected InnerSettings"):
+        EvalConfig(inner=OuterSettings())
+    flat = json.loads(json.dumps(EvalConfig().to_dict()))
+    assert flat["hidden"] == [64, 32] and flat["inner_steps"] == 5
+    assert flat["global_epochs"] == 6 and flat["epochs"] == 10 and flat["article_lr"] == 0.01
+    assert EvalConfig.from_dict(flat) == EvalConfig()
+    changed = EvalConfig.from_dict({**flat, "global_lr": 0.5, "patience": 7, "ks": [5]})
+    assert changed.supervised.lr == 0.5 and changed.outer.patience == 7 and changed.ks == (5,)
 
 
 # --- command line --------------------------------------------------------------------------
 
 
-def test_cli_method_names_match_the_module():
-    assert cli.EVALUATE_METHODS == METHODS
+def test_cli_method_names_come_from_the_registry():
+    assert tuple(cli.EVALUATE_METHODS) == method_names() == METHODS
 
 
 def test_cli_prints_table_and_writes_json(shop_dir, tmp_path, capsys):
@@ -357,7 +387,7 @@ def test_cli_unknown_method_and_oracle_without_key(no_key_dir, tmp_path, capsys)
         cli.main(["evaluate", "--data", str(no_key_dir), "--methods", "maml", "mamal"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'mamal'" in err and ", ".join(METHODS) in err
+    assert "invalid choice: 'mamal'" in err and all(m in err for m in METHODS)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["evaluate", "--data", str(no_key_dir), "--methods", "oracle", "--k", "5",
                   "--seeds", "1", "--no-progress"])
@@ -378,3 +408,87 @@ def test_popularity_count_ranks_by_count_and_has_no_rating_metrics(dataset):
     assert "mae" not in metrics and "rmse" not in metrics and "ndcg@10" in metrics
     rec = res.recommenders["popularity_count"]
     assert not rec.predicts_ratings
+
+
+# --- the method registry ----------------------------------------------------------------
+
+
+class ConstantMean:
+    """Predicts the mean meta-train rating for every shopper and item."""
+
+    name, predicts_ratings = "constant_mean", True
+
+    def __init__(self, mean: float, n_items: int) -> None:
+        self.mean, self.n_items = float(mean), n_items
+
+    def predict(self, batch, items=None):
+        return torch.full((len(batch), self.n_items), self.mean)
+
+
+@pytest.fixture()
+def restore_registry():
+    before = {name: get_method(name) for name in method_names()}
+    yield
+    for name in set(method_names()) - set(before):
+        unregister_method(name)
+    assert {name: get_method(name) for name in method_names()} == before
+
+
+def test_a_method_registered_in_a_test_runs_through_evaluate(dataset, tmp_path,
+                                                             restore_registry):
+    calls = []
+
+    @evaluation.method("constant_mean", seed_free=True, description="the mean training rating")
+    def fit_constant_mean(ctx):
+        calls.append(ctx.seed)
+        ratings = ctx.data.train_interactions["rating"]
+        return ConstantMean(ratings.mean(), ctx.data.dataset.n_items)
+
+    assert method_names() == (*METHODS, "constant_mean")
+    assert cli.build_parser().parse_args(["evaluate", "--methods", "constant_mean"]).methods \
+        == ["constant_mean"]
+    config = EvalConfig(ks=(1, 5), seeds=(0, 1), n_boot=50)
+    res = evaluate(dataset, config, methods=["constant_mean", "popularity"], progress=False)
+    assert res.methods == ("popularity", "constant_mean")  # registry (table) order
+    assert calls == [0]  # seed-free: fitted once, its values repeated for seed 1
+    rows = res.summary().query("method == 'constant_mean'")
+    assert len(rows) == len(config.ks) * len(METRICS)
+    mean = dataset.interactions["rating"][dataset.interactions["user"].isin(
+        prepare(dataset, config, with_answer_key=False).split.train)].mean()
+    query = res.per_user("constant_mean", 5, "mae")
+    assert np.array_equal(query[0], query[1])
+    batch = prepare(dataset, config, with_answer_key=False).test_batch(5)
+    abs_err = (batch.query_ratings - float(np.float32(mean))).abs() * batch.query_mask
+    expected = (abs_err.sum(1) / batch.query_mask.sum(1)).numpy()
+    assert np.allclose(query[0], expected, atol=1e-5)
+    saved = json.loads(res.to_json(tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert saved["protocol"]["methods"] == ["popularity", "constant_mean"]
+    assert {(r["k"], r["metric"]) for r in saved["summary"] if r["method"] == "constant_mean"} \
+        == {(k, m) for k in config.ks for m in METRICS}
+    assert "constant_mean" in format_table(res.summary())
+
+
+def test_registry_entries_and_their_checks(dataset, no_key_dir, restore_registry):
+    assert [get_method(m).seed_free for m in METHODS].count(True) == 3
+    assert not get_method("popularity_count").predicts_ratings
+    assert get_method("oracle").needs == ("answer_key",)
+    assert all(get_method(m).description for m in METHODS)
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(MethodSpec("maml", lambda ctx: None))
+    with pytest.raises(ValueError, match="unknown need"):
+        MethodSpec("x", lambda ctx: None, needs=("crystal_ball",))
+    with pytest.raises(TypeError, match="MethodSpec.fit"):
+        MethodSpec("x", "not a function")
+    # a method that needs the answer key is left out by default and refused on request
+    register_method(MethodSpec("key_copy", get_method("oracle").fit, seed_free=True,
+                               needs=("answer_key",)))
+    data = prepare(no_key_dir, EvalConfig(ks=(5,), seeds=(0,)))
+    assert "key_copy" not in resolve_methods(None, data)
+    with pytest.raises(ValueError, match="'key_copy' needs an answer key"):
+        resolve_methods(["key_copy"], data)
+    # the entry's predicts_ratings must match the recommender it fits
+    register_method(MethodSpec("liar", lambda ctx: MethodFit(ConstantMean(3.0, 1)),
+                               predicts_ratings=False))
+    with pytest.raises(ValueError, match="registered with predicts_ratings=False"):
+        evaluate(dataset, EvalConfig(ks=(5,), seeds=(0,), n_boot=10), methods=["liar"],
+                 progress=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from datadirs import TOYSHOP_DIR, write_tiny
+from datadirs import write_tiny
 
 from toyrec_helpers.data import load_dataset
 from toyrec_helpers.features import UNSEEN, EncodedFeatures, encode_dataset, fit_encoder
@@ -15,11 +15,6 @@ from toyrec_helpers.features import UNSEEN, EncodedFeatures, encode_dataset, fit
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return load_dataset(write_tiny(tmp_path_factory.mktemp("features") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def toyshop():
-    return load_dataset(TOYSHOP_DIR)
 
 
 @pytest.fixture(scope="module")

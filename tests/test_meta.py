@@ -17,6 +17,7 @@ from toyrec_helpers.meta import (
     MetaConfig,
     adapt,
     init_inner_lrs,
+    inner_loop,
     meta_loss,
     meta_loss_reference,
     meta_train,
@@ -29,15 +30,7 @@ from toyrec_helpers.models import (
     parameter_names,
 )
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is faster and avoids oversubscription
-    when the suite runs in parallel (pytest-xdist) on two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 FEATURES = make_features(n_users=24, n_items=30, seed=0)
@@ -237,6 +230,45 @@ def test_inner_lrs_errors():
                   MetaConfig())
 
 
+@pytest.mark.parametrize("order", ["second", "first"])
+def test_inner_loop_engines_agree_and_keep_the_graph(order):
+    """inner_loop is the core of adapt (and of accel): its two gradient engines give the
+    same adapted values and the same meta-gradient."""
+    model = small_model()
+    params, _ = leaves(model, MetaConfig())
+    user, items, ratings, mask = task(1)
+    names = parameter_names(model, "head")
+    fast = {n: params[n] for n in names}
+    frozen = {n: p for n, p in params.items() if n not in fast}
+    rates = dict.fromkeys(names, 0.1)
+
+    def loss(fast, frozen):
+        return masked_mse(functional_call(model, {**frozen, **fast}, (user, items)),
+                          ratings, mask)
+
+    results = []
+    for engine in ("func", "autograd"):
+        phi = inner_loop(loss, fast, frozen, rates, 3, order, engine)
+        assert list(phi) == names
+        outer = torch.autograd.grad(loss(phi, frozen), list(params.values()))
+        results.append((phi, outer))
+    (phi_f, g_f), (phi_a, g_a) = results
+    for n in names:
+        torch.testing.assert_close(phi_f[n], phi_a[n], rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_f, g_a, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    config = MetaConfig(inner_steps=3, inner_lr=0.1, adapt="head", order=order)
+    adapted = adapt(model, params, user, items, ratings, mask, config)
+    for n in names:
+        torch.testing.assert_close(adapted[n], phi_f[n], rtol=0, atol=0)
+    unchanged = inner_loop(loss, fast, frozen, rates, 0)
+    assert all(unchanged[n] is fast[n] for n in names) and list(unchanged) == names
+    with pytest.raises(ValueError, match="'order'"):
+        inner_loop(loss, fast, frozen, rates, 1, "third")
+    with pytest.raises(ValueError, match="'engine'"):
+        inner_loop(loss, fast, frozen, rates, 1, engine="jax")
+
+
 # ------------------------------------------------------------------ predictions
 
 
@@ -262,6 +294,8 @@ def test_predict_adapted():
                                everything[:, some])
     with pytest.raises(ValueError, match="'items'"):
         predict_adapted(model, params, BATCH, config, items="query")
+    with pytest.raises(ValueError, match="'items'.*0..29"):  # episodes.resolve_items checks
+        predict_adapted(model, params, BATCH, config, items=torch.tensor([3, 30]))
 
 
 # ------------------------------------------------------------------ configuration

@@ -14,8 +14,17 @@ from torch.func import functional_call, vmap
 from toyrec_helpers.models import (
     FeatureRecommender,
     IdEmbeddingRecommender,
+    InputPlan,
+    Lookup,
+    Numeric,
+    apply_head,
+    embed_lookup,
+    head_parameter_names,
+    input_parts,
+    lookup_index,
     masked_mse,
     parameter_names,
+    pool_lookup,
 )
 
 
@@ -163,3 +172,83 @@ def test_bad_features_are_rejected(features):
         FeatureRecommender(user_f, item_f, hidden=(8, 0))
     with pytest.raises(ValueError, match="n_items"):
         IdEmbeddingRecommender(3, 0)
+
+
+# --------------------------------------------------------------------------- input plans
+
+
+def test_input_plan_of_the_feature_model(model, features):
+    plan = model.input_plan()
+    assert isinstance(plan, InputPlan) and plan.head == "mlp"
+    # Per table: categorical lookups, multi-valued lookups, numeric columns.
+    assert [type(p).__name__ for p in plan.parts] == (
+        ["Lookup"] * 2 + ["Numeric"] + ["Lookup"] * 4 + ["Numeric"])
+    assert [p.table for p in plan.parts] == ["user"] * 3 + ["item"] * 5
+    assert [lk.param for lk in plan.lookups] == [
+        n for n in parameter_names(model, "all") if n.startswith("embeddings.")]
+    themes = plan.parts[6]
+    assert themes == Lookup("embeddings.item_themes", "item", buffer="item_multi_0",
+                            zero_pad=True) and themes.pooled
+    assert plan.parts[4] == Lookup("embeddings.item_brand", "item", column=1, zero_pad=True)
+    assert plan.parts[-1] == Numeric("item_numeric", "item")
+    assert torch.equal(lookup_index(model, themes, torch.tensor([2, 0])),
+                       features[1].multi[0][[2, 0]])
+    assert head_parameter_names(model, plan) == parameter_names(model, "head")
+
+
+@pytest.mark.parametrize("kind", ["feature", "id"])
+def test_forward_is_the_plan_composed(model, kind):
+    if kind == "id":
+        torch.manual_seed(0)
+        model = IdEmbeddingRecommender(12, 15, embedding_dim=4)
+        assert model.input_plan() == InputPlan(
+            (Lookup("user_embedding", "user"), Lookup("item_embedding", "item")), "linear")
+    plan = model.input_plan()
+    users, items = torch.broadcast_tensors(torch.arange(12)[:, None], torch.arange(15))
+    parts = input_parts(model, plan, users, items, torch.float32)
+    assert [p.shape[:2] for p in parts] == [(12, 15)] * len(plan.parts)
+    x = torch.cat(parts, -1)
+    assert torch.equal(apply_head(model, plan, x), model(users, items))  # bit for bit
+    # With explicit head parameters: the same as calling the head module with them.
+    head = {n: p.detach() + 0.1 for n, p in model.named_parameters()
+            if n in head_parameter_names(model, plan)}
+    module = model.get_submodule(plan.head)
+    expected = functional_call(module, {n[len(plan.head) + 1:]: p for n, p in head.items()},
+                               (x,)).squeeze(-1)
+    torch.testing.assert_close(apply_head(model, plan, x, head), expected)
+    assert not torch.allclose(expected, model(users, items))
+
+
+def test_pool_lookup_zero_pads_and_means():
+    vectors = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [50.0, 60.0]]])  # [1, L=3, d=2]
+    index = torch.tensor([[4, 2, 0]])
+    pooled = Lookup("e", "item", buffer="b", zero_pad=True)
+    assert torch.equal(pool_lookup(vectors, index, pooled), torch.tensor([[2.0, 3.0]]))
+    assert torch.equal(pool_lookup(vectors, torch.zeros_like(index), pooled),
+                       torch.zeros(1, 2))
+    column = Lookup("e", "item", column=0, zero_pad=True)
+    assert torch.equal(pool_lookup(vectors[0], index[0], column),
+                       torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]))
+    plain = Lookup("e", "item")
+    rows = vectors[0]
+    assert pool_lookup(rows, index[0], plain) is rows  # an id lookup: unchanged
+    assert not plain.pooled and plain.param == "e.weight"
+
+
+def test_embed_lookup_uses_functional_call_parameters(model):
+    lookup = model.input_plan().lookups[0]
+    rows = torch.arange(12)
+    params = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+
+    class Probe(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, rows):
+            return embed_lookup(self.inner, lookup, rows)
+
+    swapped = {f"inner.{n}": p for n, p in params.items()}
+    assert torch.equal(functional_call(Probe(model), swapped, (rows,)), torch.zeros(12, 4))
+    assert embed_lookup(model, lookup, rows).abs().sum() > 0
+

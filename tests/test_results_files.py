@@ -21,6 +21,7 @@ def test_stored_evaluation_matches_the_current_default_protocol():
     protocol = stored["protocol"]
     for key, value in EvalConfig().to_dict().items():
         assert protocol[key] == value, f"protocol field {key!r} differs: regenerate the file"
+    assert EvalConfig.from_dict(protocol) == EvalConfig()
     assert protocol["methods"] == list(METHODS)
     rows = {(r["method"], r["k"], r["metric"]) for r in stored["summary"]}
     for method in METHODS:

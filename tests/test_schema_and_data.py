@@ -192,33 +192,25 @@ def test_missing_column(tiny, file, column):
     assert_names(message, [file, repr(column), "missing column"])
 
 
-def test_unparseable_numeric_feature(tiny):
-    set_cell(tiny / "items.csv", 3, "price", "cheap")
-    message = load_error(tiny)
-    assert_names(message, [*where("items.csv", 3, "price"), "'cheap'", "a number"])
+# (file, data row, column, bad value, what the message must also name)
+BAD_CELLS = [
+    ("items.csv", 3, "price", "cheap", ["'cheap'", "a number"]),
+    ("items.csv", 5, "price", "", []),
+    ("users.csv", 2, "signup_date", "2023-02-30", ["'2023-02-30'", "ISO 8601"]),
+    ("ratings.csv", 7, "rating", "five", ["'five'", "integer rating"]),
+    ("ratings.csv", 12, "timestamp", "yesterday", ["'yesterday'", "ISO 8601"]),
+    *[("ratings.csv", 9, "rating", v, [repr(v), "from 1 to 5"]) for v in ("6", "0", "-1", "5.01")],
+    ("ratings.csv", 5, "rating", "3.5", ["'3.5'", "integer"]),
+    ("ratings.csv", 6, "user_id", "u99", ["'u99'", "users.csv"]),
+    ("ratings.csv", 11, "item_id", "i42", ["'i42'", "items.csv"]),
+]
 
 
-def test_empty_numeric_feature(tiny):
-    set_cell(tiny / "items.csv", 5, "price", "")
-    assert_names(load_error(tiny), where("items.csv", 5, "price"))
-
-
-def test_unparseable_date_feature(tiny):
-    set_cell(tiny / "users.csv", 2, "signup_date", "2023-02-30")
-    message = load_error(tiny)
-    assert_names(message, [*where("users.csv", 2, "signup_date"), "'2023-02-30'", "ISO 8601"])
-
-
-def test_unparseable_rating(tiny):
-    set_cell(tiny / "ratings.csv", 7, "rating", "five")
-    message = load_error(tiny)
-    assert_names(message, [*where("ratings.csv", 7, "rating"), "'five'", "integer rating"])
-
-
-def test_unparseable_timestamp(tiny):
-    set_cell(tiny / "ratings.csv", 12, "timestamp", "yesterday")
-    message = load_error(tiny)
-    assert_names(message, [*where("ratings.csv", 12, "timestamp"), "'yesterday'", "ISO 8601"])
+@pytest.mark.parametrize(("file", "row", "column", "value", "parts"), BAD_CELLS,
+                         ids=lambda x: x if isinstance(x, str) else None)
+def test_bad_cell_is_named_by_file_row_and_column(tiny, file, row, column, value, parts):
+    set_cell(tiny / file, row, column, value)
+    assert_names(load_error(tiny), [*where(file, row, column), *parts])
 
 
 def test_timestamps_with_mixed_utc_offsets_give_a_located_error(tiny):
@@ -239,30 +231,6 @@ def test_timestamps_with_mixed_utc_offsets_give_a_located_error(tiny):
     else:
         raise AssertionError("a timestamp with a UTC offset among naive ones was accepted")
 
-
-@pytest.mark.parametrize("value", ["6", "0", "-1", "5.01"])
-def test_rating_outside_the_scale(tiny, value):
-    set_cell(tiny / "ratings.csv", 9, "rating", value)
-    message = load_error(tiny)
-    assert_names(message, [*where("ratings.csv", 9, "rating"), repr(value), "from 1 to 5"])
-
-
-def test_non_integer_rating_on_an_integer_scale(tiny):
-    set_cell(tiny / "ratings.csv", 5, "rating", "3.5")
-    message = load_error(tiny)
-    assert_names(message, [*where("ratings.csv", 5, "rating"), "'3.5'", "integer"])
-
-
-def test_rating_naming_an_unknown_user(tiny):
-    set_cell(tiny / "ratings.csv", 6, "user_id", "u99")
-    message = load_error(tiny)
-    assert_names(message, [*where("ratings.csv", 6, "user_id"), "'u99'", "users.csv"])
-
-
-def test_rating_naming_an_unknown_item(tiny):
-    set_cell(tiny / "ratings.csv", 11, "item_id", "i42")
-    message = load_error(tiny)
-    assert_names(message, [*where("ratings.csv", 11, "item_id"), "'i42'", "items.csv"])
 
 
 def test_duplicate_user_item_pair(tiny):

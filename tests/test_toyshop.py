@@ -42,11 +42,6 @@ SMALL = ToyShopConfig(seed=3, users=60, items=40, ratings=1000)
 
 
 @pytest.fixture(scope="module")
-def toyshop():
-    return load_dataset(TOYSHOP_DIR)
-
-
-@pytest.fixture(scope="module")
 def key(toyshop):
     return answer_key(toyshop)
 

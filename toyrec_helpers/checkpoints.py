@@ -2,8 +2,9 @@
 
 A checkpoint is one ``torch.save`` file holding only tensors, strings and numbers, so that
 it loads with ``torch.load(path, weights_only=True)`` (no arbitrary code runs when a file
-is opened). Configurations are stored as JSON strings. Files are written atomically (a
-temporary file in the same folder, then a rename), so an interrupted run never leaves a
+is opened). Configurations are stored as JSON strings. Files are written atomically
+(:func:`toyrec_helpers.fileio.atomic_write`: a temporary file in the same folder, then a
+rename), so an interrupted run never leaves a
 half-written checkpoint under the final name, and an existing file is never replaced unless
 ``overwrite=True``.
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from toyrec_helpers.fileio import atomic_write
 
 __all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -144,29 +146,8 @@ def save_checkpoint(
         "model_config": json.dumps(_as_dict(model_config, "model_config"), sort_keys=True),
         "extra": json.dumps(_as_dict(extra or {}, "extra"), sort_keys=True),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic, and fails if `path` appeared in the meantime
-            except FileExistsError:
-                raise FileExistsError(f"checkpoint {str(path)!r} already exists; pass "
-                                      "overwrite=True to replace it") from None
-            except OSError:  # a file system without hard links
-                if path.exists():
-                    raise FileExistsError(f"checkpoint {str(path)!r} already exists; pass "
-                                          "overwrite=True to replace it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    # Atomic, and never replaces a file that appears meanwhile unless `overwrite`.
+    return atomic_write(path, lambda handle: torch.save(payload, handle), overwrite=overwrite)
 
 
 def _differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,12 +67,31 @@ def _validate_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# The names of toyrec_helpers.evaluate.METHODS, repeated here so that building the parser
-# does not import torch (tests/test_evaluate.py checks that the two agree).
-EVALUATE_METHODS = (
-    "popularity", "popularity_count", "global", "article", "finetune", "fomaml", "maml",
-    "metasgd", "maml_head", "oracle",
-)
+class _MethodNames:
+    """The names of the registered evaluation methods, read from the registry when first
+    needed (so that building the parser does not import torch)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from toyrec_helpers.evaluate import method_names
+
+        return method_names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"EVALUATE_METHODS{self._names()!r}"
+
+
+EVALUATE_METHODS = _MethodNames()
+"""The ``--methods`` choices of ``evaluate``: a live view of the names in the registry of
+:mod:`toyrec_helpers.evaluate` (``tuple(EVALUATE_METHODS)``)."""
 
 
 def _positive_int(text: str) -> int:
@@ -93,10 +112,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from toyrec_helpers.evaluate import EvalConfig, check_json_path, evaluate, format_table
 
     parser: argparse.ArgumentParser = args.parser
-    unknown = [m for m in args.methods or [] if m not in EVALUATE_METHODS]
-    if unknown:
-        parser.error(f"argument --methods: invalid choice: {unknown[0]!r} (choose from "
-                     f"{', '.join(EVALUATE_METHODS)})")
     if args.json is not None:
         try:
             check_json_path(args.json)
@@ -202,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=_positive_int, default=3, metavar="N",
                     help="number of training seeds, 0..N-1 (default 3)")
     ev.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                    help=f"methods to run (default: all; oracle only with an answer key); "
-                    f"choose from {', '.join(EVALUATE_METHODS)}")
+                    choices=EVALUATE_METHODS,
+                    help="methods to run (default: all; oracle only with an answer key); "
+                    "choose from %(choices)s")
     ev.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the summary as JSON (replaces only a previous one)")
     ev.add_argument("--threads", type=_positive_int, default=1, metavar="N",

@@ -286,15 +286,8 @@ def load_dataset(directory: str | Path | None = None) -> Dataset:
         inter["timestamp"] = ratings[rs.timestamp].to_numpy()
         sort_by.append("timestamp")
     inter = inter.sort_values(sort_by, kind="stable").reset_index(drop=True)
-    return Dataset(
-        path=directory,
-        schema=schema,
-        users=users,
-        items=items,
-        ratings=ratings,
-        interactions=inter,
-        has_timestamp=has_timestamp,
-    )
+    return Dataset(path=directory, schema=schema, users=users, items=items, ratings=ratings,
+                   interactions=inter, has_timestamp=has_timestamp)
 
 
 def format_summary(summary: dict[str, object]) -> str:

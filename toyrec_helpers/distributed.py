@@ -14,8 +14,10 @@ Run it with torchrun (backend gloo on CPU, nccl on GPU)::
     python -m torch.distributed.run --nproc_per_node 2 -m toyrec_helpers.distributed \\
         --sizes toyshop --meta-batch 64 --steps 20
 
-or on a data directory (``--data data/toyshop``) to meta-train and save a checkpoint
-(``--out``). Without torchrun it runs as a single process.
+or on a data directory (``--data data/toyshop``): then it is
+:func:`toyrec_helpers.meta.meta_train` itself with the :class:`AllReduce` hook (validation,
+early stopping, Meta-SGD, checkpoint ``--out``), and one process of it gives exactly the
+result of ``meta_train``. Without torchrun it runs as a single process.
 
 Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
 """
@@ -27,28 +29,29 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from toyrec_helpers.episodes import EpisodeBatch
-from toyrec_helpers.meta import MetaConfig, meta_loss
+from toyrec_helpers.episodes import Episode, EpisodeBatch
+from toyrec_helpers.meta import (
+    LossFn,
+    MetaConfig,
+    make_meta_optimizer,
+    meta_loss,
+    meta_step,
+    meta_train,
+)
 
 __all__ = [
-    "distributed_meta_step",
-    "free_port",
-    "main",
-    "make_meta_optimizer",
-    "run_local",
-    "shard",
+    "AllReduce", "distributed_meta_step", "free_port", "load_problem", "main",
+    "make_meta_optimizer", "run_local", "shard"
 ]
-
-LossFn = Callable[..., torch.Tensor]
 
 
 def shard(batch: EpisodeBatch, rank: int, world_size: int) -> EpisodeBatch:
@@ -77,47 +80,51 @@ def shard(batch: EpisodeBatch, rank: int, world_size: int) -> EpisodeBatch:
     return batch.select(slice(lo, hi))
 
 
-def make_meta_optimizer(
-    params: Mapping[str, torch.Tensor],
-    config: MetaConfig,
-    inner_lrs: Mapping[str, torch.Tensor] | None = None,
-) -> torch.optim.Adam:
-    """The Adam optimizer of meta-training, set up as :func:`meta.meta_train` does.
+@dataclass(frozen=True)
+class AllReduce:
+    """The data-parallel hook of :func:`toyrec_helpers.meta.meta_step` and
+    :func:`toyrec_helpers.meta.meta_train`: this process takes its :func:`shard` of every
+    meta-batch, and the flattened gradients are summed over the process group.
 
-    Parameters
+    Attributes
     ----------
-    params : dict of str to torch.Tensor
-        Initial parameters (leaf tensors that require grad).
-    config : MetaConfig
-        ``outer_lr`` and ``weight_decay`` (not applied to the learned inner rates).
-    inner_lrs : dict of str to torch.Tensor, optional
-        Learned inner learning rates (Meta-SGD), leaf tensors that require grad.
-
-    Returns
-    -------
-    torch.optim.Adam
+    rank, world_size : int
+        This process and the number of processes.
+    group : optional
+        Process group (``None`` = the world).
 
     Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
     """
-    groups: list[dict[str, Any]] = [
-        {"params": list(params.values()), "weight_decay": config.weight_decay}
-    ]
-    if inner_lrs is not None:
-        groups.append({"params": list(inner_lrs.values()), "weight_decay": 0.0})
-    return torch.optim.Adam(groups, lr=config.outer_lr)
+
+    rank: int = 0
+    world_size: int = 1
+    group: Any = None
+
+    @classmethod
+    def current(cls, group: Any = None) -> AllReduce:
+        """The hook for ``group`` of the initialised process group (a group of one if
+        none is initialised)."""
+        if not dist.is_initialized():
+            return cls(0, 1, group)
+        return cls(dist.get_rank(group), dist.get_world_size(group), group)
+
+    def local_batch(self, batch: EpisodeBatch) -> EpisodeBatch:
+        """This process's share of the meta-batch."""
+        return shard(batch, self.rank, self.world_size)
+
+    def all_reduce(self, flat: torch.Tensor) -> None:
+        """Sum ``flat`` over the processes, in place."""
+        if self.world_size > 1:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
 
 
 def distributed_meta_step(
-    model: nn.Module,
-    params: Mapping[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    batch: EpisodeBatch,
-    config: MetaConfig,
-    inner_lrs: Mapping[str, torch.Tensor] | None = None,
-    loss_fn: LossFn = meta_loss,
-    group: Any = None,
+    model: nn.Module, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+    batch: EpisodeBatch, config: MetaConfig, inner_lrs: Mapping[str, torch.Tensor] | None = None,
+    loss_fn: LossFn = meta_loss, group: Any = None,
 ) -> float:
-    """One data-parallel meta-step: local meta-gradient, ``all_reduce``, optimizer step.
+    """One data-parallel meta-step: :func:`toyrec_helpers.meta.meta_step` with the
+    :class:`AllReduce` hook of ``group``.
 
     Must be called by every process of the (initialised) process group with the same
     ``batch``, parameters and optimizer state. With one process it is an ordinary
@@ -125,21 +132,9 @@ def distributed_meta_step(
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The model (architecture and feature buffers).
-    params : dict of str to torch.Tensor
-        Initial parameters ``theta`` (leaf tensors that require grad), updated in place.
-    optimizer : torch.optim.Optimizer
-        Optimizer over ``params`` (and ``inner_lrs``), e.g. :func:`make_meta_optimizer`.
-    batch : EpisodeBatch
-        The whole meta-batch; this process uses its :func:`shard`.
-    config : MetaConfig
-        Inner-loop settings and ``max_grad_norm``.
-    inner_lrs : dict of str to torch.Tensor, optional
-        Learned inner learning rates (Meta-SGD), updated in place.
-    loss_fn : callable
-        ``loss_fn(model, params, batch, config, inner_lrs)``: :func:`meta.meta_loss`
-        (default) or :func:`accel.sparse_meta_loss`.
+    model, params, optimizer, batch, config, inner_lrs, loss_fn
+        As for :func:`toyrec_helpers.meta.meta_step` (``batch`` is the whole meta-batch;
+        this process uses its :func:`shard`).
     group : optional
         Process group (default: the world).
 
@@ -150,35 +145,8 @@ def distributed_meta_step(
 
     Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
     """
-    rank = dist.get_rank(group) if dist.is_initialized() else 0
-    world = dist.get_world_size(group) if dist.is_initialized() else 1
-    local = shard(batch, rank, world)
-    trainable = list(params.values()) + (list(inner_lrs.values()) if inner_lrs else [])
-    if not trainable:
-        raise ValueError("argument 'params' is empty")
-    reference = trainable[0]
-    if len(local):
-        loss = loss_fn(model, params, local, config, inner_lrs) * (len(local) / len(batch))
-        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
-    else:  # more processes than tasks: this one contributes nothing
-        loss = torch.zeros((), dtype=reference.dtype, device=reference.device)
-        grads = (None,) * len(trainable)
-    flat = torch.cat(
-        [(torch.zeros_like(p) if g is None else g).reshape(-1).to(reference.dtype)
-         for p, g in zip(trainable, grads, strict=True)]
-        + [loss.detach().reshape(1).to(reference.dtype)]
-    )
-    if world > 1:
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    offset = 0
-    for p in trainable:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
-        offset += p.numel()
-    if config.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(flat[-1])
+    return float(meta_step(model, params, optimizer, batch, config, inner_lrs,
+                           loss_fn=loss_fn, grad_sync=AllReduce.current(group)))
 
 
 def free_port() -> int:
@@ -250,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--outer-lr", type=float, default=1e-3)
     parser.add_argument("--order", choices=("second", "first"), default="second")
     parser.add_argument("--adapt", choices=("all", "head"), default="all")
+    parser.add_argument("--meta-sgd", choices=("off", "tensor", "element"), default="off",
+                        help="learn the inner learning rates (--data)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop after this many epochs without a better validation MSE")
     parser.add_argument("--sparse", action="store_true",
                         help="sparse per-task embedding adaptation (accel.sparse_meta_loss)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -263,11 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _init(device_arg: str) -> tuple[int, int, torch.device, bool]:
-    """Initialise the process group from torchrun's environment (or a single process)."""
-    if "RANK" not in os.environ:  # plain `python -m`: a group of one
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
-                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    """Initialise the process group from torchrun's environment (or a group of one)."""
+    alone = "RANK" not in os.environ  # plain `python -m`: a group of one
+    rank, world = (0, 1) if alone else (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -279,7 +249,8 @@ def _init(device_arg: str) -> tuple[int, int, torch.device, bool]:
         device = torch.device("cpu")
     created = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
+        init = f"tcp://127.0.0.1:{free_port()}" if alone else "env://"
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method=init,
                                 rank=rank, world_size=world)
         created = True
     return rank, world, device, created
@@ -293,29 +264,45 @@ def _synthetic_batches(args: argparse.Namespace) -> tuple[nn.Module, list[Episod
                    for i in range(args.steps)]
 
 
-def _data_batches(args: argparse.Namespace) -> tuple[nn.Module, list[EpisodeBatch]]:
+def load_problem(
+    data: str | os.PathLike[str], k: int, query: int, seed: int = 0
+) -> tuple[nn.Module, list[Episode], list[Episode]]:
+    """The model and the meta-training and meta-validation episodes of ``main --data``.
+
+    Users are split with ``split_users(..., seed)``; features are encoded on the training
+    users; the model is a :class:`toyrec_helpers.models.FeatureRecommender` initialised
+    after ``torch.manual_seed(seed)``.
+
+    Parameters
+    ----------
+    data : path
+        A data directory (``toyrec_helpers.data.load_dataset``).
+    k, query : int
+        Support and query ratings per episode.
+    seed : int
+        Seed of the split, the episodes and the model's initialisation.
+
+    Returns
+    -------
+    model, train_episodes, val_episodes
+
+    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    """
     from toyrec_helpers.data import load_dataset
-    from toyrec_helpers.episodes import collate, make_episodes, split_users
+    from toyrec_helpers.episodes import make_episodes, split_users
     from toyrec_helpers.features import encode_dataset
     from toyrec_helpers.models import FeatureRecommender
 
-    dataset = load_dataset(args.data)
-    split = split_users(len(dataset.users), seed=args.seed)
+    dataset = load_dataset(data)
+    split = split_users(len(dataset.users), seed=seed)
     users, items, _, _ = encode_dataset(dataset, fit_users=split.train)
-    episodes = make_episodes(dataset.interactions, split.train, args.k, args.query,
-                             seed=args.seed).episodes
-    if not episodes:
-        raise ValueError(f"{args.data}: no meta-training user has {args.k} + {args.query} "
-                         "ratings; lower --k or --query")
-    torch.manual_seed(args.seed)
-    model = FeatureRecommender(users, items)
-    rng = np.random.default_rng(args.seed)
-    batches = []
-    for _ in range(args.epochs):
-        order = rng.permutation(len(episodes))
-        for lo in range(0, len(order), args.meta_batch):
-            batches.append(collate([episodes[i] for i in order[lo:lo + args.meta_batch]]))
-    return model, batches
+    train, val = (make_episodes(dataset.interactions, part, k, query, seed=seed).episodes
+                  for part in (split.train, split.val))
+    if not train:
+        raise ValueError(f"{data}: no meta-training user has {k} + {query} ratings; lower "
+                         "--k or --query")
+    torch.manual_seed(seed)
+    return FeatureRecommender(users, items), train, val
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,43 +311,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
     """
     args = build_parser().parse_args(argv)
-    for name in ("steps", "epochs", "meta_batch", "k", "query"):
-        if getattr(args, name) < 1:
+    for name in ("steps", "epochs", "meta_batch", "k", "query", "patience"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
             print(f"distributed: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if not args.data and (args.meta_sgd != "off" or args.patience is not None):
+        print("distributed: --meta-sgd and --patience need --data", file=sys.stderr)
+        return 2
     rank, world, device, created = _init(args.device)
     try:
         config = MetaConfig(inner_steps=args.inner_steps, inner_lr=args.inner_lr,
                             adapt=args.adapt, order=args.order, outer_lr=args.outer_lr,
-                            meta_batch=args.meta_batch)
-        model, batches = _data_batches(args) if args.data else _synthetic_batches(args)
+                            meta_batch=args.meta_batch, epochs=args.epochs,
+                            meta_sgd=args.meta_sgd)
+        if args.data:
+            model, train, val = load_problem(args.data, args.k, args.query, args.seed)
+        else:
+            model, batches = _synthetic_batches(args)
         dtype = torch.float64 if args.dtype == "float64" else torch.float32
         model = model.to(device=device, dtype=dtype)
-        params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-        optimizer = make_meta_optimizer(params, config)
         if args.sparse:
             from toyrec_helpers.accel import sparse_meta_loss as loss_fn
         else:
             loss_fn = meta_loss
+        hook = AllReduce.current()
         start = time.perf_counter()
-        for step, batch in enumerate(batches):
-            loss = distributed_meta_step(model, params, optimizer, batch.to(device), config,
-                                         loss_fn=loss_fn)
+        if args.data:
+            result = meta_train(model, train, val, config, seed=args.seed, progress=False,
+                                checkpoint_path=args.out if rank == 0 else None,
+                                patience=args.patience, overwrite=True, loss_fn=loss_fn,
+                                grad_sync=hook)
+            params, tasks = result.params, len(train) * (len(result.history) - 1)
             if rank == 0:
-                print(f"step {step + 1}/{len(batches)}: meta-loss {loss:.4f}", flush=True)
+                for row in result.history:
+                    print(f"epoch {row['epoch']}: train meta-loss {row['train_loss']:.4f}, "
+                          f"val MSE {row['val_mse']:.4f}", flush=True)
+                print(f"kept epoch {result.best_epoch}", flush=True)
+        else:
+            params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+            optimizer = make_meta_optimizer(params, config)
+            for step, batch in enumerate(batches):
+                loss = float(meta_step(model, params, optimizer, batch.to(device), config,
+                                       loss_fn=loss_fn, grad_sync=hook))
+                if rank == 0:
+                    print(f"step {step + 1}/{len(batches)}: meta-loss {loss:.4f}", flush=True)
+            tasks = sum(len(b) for b in batches)
         seconds = time.perf_counter() - start
         if rank == 0:
-            tasks = sum(len(b) for b in batches)
             print(f"{world} process(es) on {device}: {tasks} tasks in {seconds:.2f} s "
                   f"({tasks / seconds:.1f} tasks/s)", flush=True)
             if args.save_params is not None:
                 torch.save({n: p.detach().cpu() for n, p in params.items()}, args.save_params)
-            if args.out is not None:
+            if args.out is not None and not args.data:  # with --data meta_train saved it
                 from toyrec_helpers.checkpoints import save_checkpoint
 
                 save_checkpoint(args.out, params, config, model.model_config,
                                 extra={"seed": args.seed, "world_size": world},
                                 overwrite=True)
+            if args.out is not None:
                 print(f"saved {args.out}")
         return 0
     finally:

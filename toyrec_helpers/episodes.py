@@ -255,15 +255,10 @@ def collate(episodes: Sequence[Episode]) -> EpisodeBatch:
     s_ratings, _ = _pad([e.support_ratings for e in episodes], torch.float32)
     q_items, q_mask = _pad([e.query_items for e in episodes], torch.int64)
     q_ratings, _ = _pad([e.query_ratings for e in episodes], torch.float32)
-    return EpisodeBatch(
-        users=torch.tensor([e.user for e in episodes], dtype=torch.int64),
-        support_items=s_items,
-        support_ratings=s_ratings,
-        support_mask=s_mask,
-        query_items=q_items,
-        query_ratings=q_ratings,
-        query_mask=q_mask,
-    )
+    users = torch.tensor([e.user for e in episodes], dtype=torch.int64)
+    return EpisodeBatch(users=users, support_items=s_items, support_ratings=s_ratings,
+                        support_mask=s_mask, query_items=q_items, query_ratings=q_ratings,
+                        query_mask=q_mask)
 
 
 def candidate_items(episode: Episode, n_items: int) -> np.ndarray:
@@ -287,3 +282,59 @@ def candidate_mask(batch: EpisodeBatch, n_items: int) -> torch.Tensor:
     )
     in_support.scatter_add_(1, batch.support_items, batch.support_mask)
     return in_support == 0
+
+
+Items = torch.Tensor | str | None
+
+
+def check_batch(batch: object) -> EpisodeBatch:
+    """``batch`` if it is an :class:`~toyrec_helpers.episodes.EpisodeBatch`.
+
+    Introduced in chapter 4 (book/04_maml_inner_loop.ipynb).
+    """
+    if not isinstance(batch, EpisodeBatch):
+        raise TypeError(f"argument 'batch': expected EpisodeBatch (see episodes.collate), "
+                        f"got {type(batch).__name__}")
+    return batch
+
+
+def resolve_items(batch: EpisodeBatch, items: Items, n_items: int) -> torch.Tensor:
+    """The items to score for each task, as an int64 ``[T, M]`` tensor.
+
+    Parameters
+    ----------
+    batch : EpisodeBatch
+        The tasks.
+    items : None, "all" or torch.Tensor
+        ``None``: each task's query items. ``"all"``: every catalogue item. An int64
+        tensor ``[M]`` (the same items for every task) or ``[T, M]`` (per task).
+    n_items : int
+        Catalogue size (indices must lie in ``0..n_items-1``).
+
+    Returns
+    -------
+    torch.Tensor
+        int64 ``[T, M]`` (a 1-D ``items`` is expanded, not copied).
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    check_batch(batch)
+    n_tasks = len(batch)
+    if items is None:
+        return batch.query_items
+    if isinstance(items, str):
+        if items != "all":
+            raise ValueError(f"argument 'items': expected None, 'all' or a tensor, got {items!r}")
+        return torch.arange(n_items, device=batch.users.device).expand(n_tasks, n_items)
+    targets = torch.as_tensor(items, device=batch.users.device)
+    if targets.dtype != torch.int64 or targets.dim() not in (1, 2):
+        raise ValueError(f"argument 'items': expected int64 [M] or [T, M], got "
+                         f"{targets.dtype} {tuple(targets.shape)}")
+    if targets.dim() == 2 and targets.shape[0] != n_tasks:
+        raise ValueError(f"argument 'items': {targets.shape[0]} rows for {n_tasks} tasks")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= n_items):
+        raise ValueError(f"argument 'items': indices must lie in 0..{n_items - 1}, got "
+                         f"{int(targets.min())}..{int(targets.max())}")
+    if targets.dim() == 1:
+        targets = targets.expand(n_tasks, -1)
+    return targets

@@ -23,16 +23,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "BootstrapCI",
-    "bootstrap_ci",
-    "bootstrap_ci_pooled",
-    "catalogue_masks",
-    "catalogue_ndcg_at_k",
-    "hit_rate_at_k",
-    "mae",
-    "n_valid",
-    "ndcg_at_k",
-    "rmse",
+    "BootstrapCI", "bootstrap_ci", "bootstrap_ci_pooled", "catalogue_masks", "catalogue_ndcg_at_k",
+    "hit_rate_at_k", "mae", "n_valid", "ndcg_at_k", "rmse"
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -92,15 +84,23 @@ def _check_k(k: int) -> None:
 # --------------------------------------------------------------------------- rating error
 
 
-def _masked_errors(
+def _checked_query(
     pred: ArrayLike, target: ArrayLike, mask: ArrayLike
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pred``, ``target`` (float64) and ``mask`` (bool) of one shape, finite where real."""
     p = _as_2d(pred, "pred", torch.float64)
     y = _as_2d(target, "target", torch.float64)
     m = _as_mask(mask, "mask")
     _same_shape(pred=p, target=y, mask=m)
     _check_finite(p, m, "pred")
     _check_finite(y, m, "target")
+    return p, y, m
+
+
+def _masked_errors(
+    pred: ArrayLike, target: ArrayLike, mask: ArrayLike
+) -> tuple[torch.Tensor, torch.Tensor]:
+    p, y, m = _checked_query(pred, target, mask)
     # torch.where, not multiplication: garbage (even NaN) in padded entries must not leak.
     err = torch.where(m, p - y, torch.zeros((), dtype=torch.float64, device=p.device))
     n = m.sum(dim=1).to(torch.float64)
@@ -136,20 +136,10 @@ def rmse(pred: ArrayLike, target: ArrayLike, mask: ArrayLike) -> torch.Tensor:
 
     ``RMSE_t = sqrt( sum_q m_tq (pred_tq - target_tq)^2 / sum_q m_tq )``
 
+    Parameters and result as for :func:`mae`: one value per user (``NaN`` for a user with
+    no real query rating); the book reports the mean over users of the per-user RMSE.
+
     Introduced in chapter 3 (book/03_base_recommender.ipynb).
-
-    Parameters
-    ----------
-    pred, target : Tensor or ndarray, float, shape [T, Q]
-        Predicted and true ratings of each user's query items.
-    mask : Tensor or ndarray, bool or 0/1 float, shape [T, Q]
-        1 = real query rating, 0 = padding. Padded entries are ignored whatever they hold.
-
-    Returns
-    -------
-    Tensor, float64, shape [T]
-        One value per user; ``NaN`` for a user with no real query rating. The book reports
-        the mean over users of the per-user RMSE.
     """
     err, n = _masked_errors(pred, target, mask)
     return torch.sqrt(err.square().sum(dim=1) / n)
@@ -165,14 +155,10 @@ def ndcg_at_k(pred: ArrayLike, target: ArrayLike, mask: ArrayLike, k: int = 3) -
     ``(j)`` the item at rank ``j`` when the user's real query items are sorted by ``pred``,
     descending; ``NDCG@k = DCG@k / IDCG@k``, where IDCG@k sorts the same items by true rating.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
-
     Parameters
     ----------
-    pred, target : Tensor or ndarray, float, shape [T, Q]
-        Predicted and true ratings of each user's query items.
-    mask : Tensor or ndarray, bool or 0/1 float, shape [T, Q]
-        1 = real query rating, 0 = padding. Padded entries never rank.
+    pred, target, mask
+        As for :func:`mae`; padded entries never rank.
     k : int, default 3
         Cut-off. A user with fewer than ``k`` real items is scored on all of them.
 
@@ -182,6 +168,8 @@ def ndcg_at_k(pred: ArrayLike, target: ArrayLike, mask: ArrayLike, k: int = 3) -
         One value per user in [0, 1]; ``NaN`` for a user with no real query item or with
         IDCG = 0 (all true ratings zero).
 
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+
     Notes
     -----
     Ties in ``pred`` are broken deterministically: the item with the lower column index
@@ -190,12 +178,7 @@ def ndcg_at_k(pred: ArrayLike, target: ArrayLike, mask: ArrayLike, k: int = 3) -
     agree exactly only for untied predictions.
     """
     _check_k(k)
-    p = _as_2d(pred, "pred", torch.float64)
-    y = _as_2d(target, "target", torch.float64)
-    m = _as_mask(mask, "mask")
-    _same_shape(pred=p, target=y, mask=m)
-    _check_finite(p, m, "pred")
-    _check_finite(y, m, "target")
+    p, y, m = _checked_query(pred, target, mask)
     k_eff = min(k, p.shape[1])
     neg_inf = torch.tensor(-torch.inf, dtype=torch.float64, device=p.device)
     zero = torch.zeros((), dtype=torch.float64, device=p.device)
@@ -285,29 +268,16 @@ def catalogue_ndcg_at_k(
     rank ``j`` among non-excluded items sorted by score, descending;
     ``IDCG@k = sum_{j < min(k, n_relevant)} 1 / log2(j + 2)``; ``NDCG@k = DCG@k / IDCG@k``.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
-
-    Parameters
-    ----------
-    scores : Tensor or ndarray, float, shape [T, n_items]
-        Predicted rating of every catalogue item for every user.
-    relevant : Tensor or ndarray, bool, shape [T, n_items]
-        True for the user's relevant items (query items rated >= 4). Must not overlap
-        ``exclude``.
-    exclude : Tensor or ndarray, bool, shape [T, n_items]
-        True for items never ranked (the user's support items).
-    k : int, default 10
-        Cut-off (clipped to ``n_items``).
+    Parameters as for :func:`hit_rate_at_k`.
 
     Returns
     -------
     Tensor, float64, shape [T]
         One value per user in [0, 1]; ``NaN`` for a user with no relevant item. Callers
         drop ``NaN`` users (the bootstrap helpers do, and :func:`n_valid` counts those kept).
+        Ties in ``scores`` are broken deterministically: the lower item index ranks first.
 
-    Notes
-    -----
-    Ties in ``scores`` are broken deterministically: the lower item index ranks first.
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
     """
     top_rel, n_rel = _topk_relevance(scores, relevant, exclude, k)
     disc = _discounts(top_rel.shape[1], top_rel.device)

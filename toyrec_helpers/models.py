@@ -8,6 +8,12 @@ Two models share one calling convention, ``model(users, items) -> ratings``:
 * :class:`IdEmbeddingRecommender` (the "article" model): one embedding per user id and per
   item id, concatenated into a single linear layer.
 
+Each model describes its inputs publicly: ``model.input_plan()`` is an :class:`InputPlan`
+(its embedding lookups, :class:`Lookup`; its numeric columns, :class:`Numeric`; its head).
+Its ``forward`` is built from that description with :func:`input_parts` and
+:func:`apply_head`, the same functions that sparse adaptation (:mod:`toyrec_helpers.accel`)
+uses.
+
 Both are written so that ``torch.func.functional_call(model, params, (users, items))`` works
 inside ``torch.func.vmap`` over tasks: no in-place operations, no ``EmbeddingBag``, no
 data-dependent shapes. The encoded feature tables are buffers that are *not* saved in the
@@ -20,6 +26,8 @@ Introduced in chapter 3 (book/03_base_recommender.ipynb).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -28,10 +36,9 @@ from torch import nn
 from toyrec_helpers.features import EncodedFeatures
 
 __all__ = [
-    "FeatureRecommender",
-    "IdEmbeddingRecommender",
-    "masked_mse",
-    "parameter_names",
+    "FeatureRecommender", "IdEmbeddingRecommender", "InputPlan", "Lookup", "Numeric", "apply_head",
+    "embed_lookup", "head_parameter_names", "input_parts", "lookup_index", "masked_mse",
+    "parameter_names", "pool_lookup"
 ]
 
 PARAMETER_GROUPS = ("all", "head")
@@ -99,6 +106,202 @@ def parameter_names(model: nn.Module, which: str) -> list[str]:
             f"{type(model).__name__} has no parameter starting with {tuple(prefixes)}"
         )
     return head
+
+
+# --------------------------------------------------------------------------- input plans
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One embedding lookup of a model's input layer.
+
+    ``module`` names the ``nn.Embedding`` (its weight ``[V, d]`` is :attr:`param`);
+    ``table`` (``"user"``/``"item"``) says whose indices ``rows`` it reads. The embedding
+    rows are ``<table>_categorical[rows][..., column]`` (a categorical column),
+    ``<buffer>[rows]`` ``[..., L]`` (a multi-valued column, mean-pooled), or ``rows``
+    itself when both are ``None`` (an id embedding). ``zero_pad``: row 0 (unseen,
+    missing, padding) gives the zero vector and is left out of the mean.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+
+    module: str
+    table: str
+    column: int | None = None
+    buffer: str | None = None
+    zero_pad: bool = False
+
+    @property
+    def param(self) -> str:
+        """Name of the embedding weight in ``model.named_parameters()``."""
+        return f"{self.module}.weight"
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the lookup mean-pools several rows (a multi-valued column)."""
+        return self.buffer is not None
+
+
+@dataclass(frozen=True)
+class Numeric:
+    """Numeric columns appended as they are: ``<buffer>[rows]`` of one table.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+
+    buffer: str
+    table: str
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """How a model builds its input vector and which sub-module decides.
+
+    ``forward(users, items)`` is ``apply_head(model, cat(input_parts(...)))``: the parts in
+    ``parts`` order, concatenated along the last dimension, then the decision layers.
+
+    ``parts``: the pieces of the input vector, in concatenation order. ``head``: the name
+    of the decision sub-module (``"mlp"``, ``"linear"``), mapping ``[..., width]`` to
+    ``[..., 1]``.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+
+    parts: tuple[Lookup | Numeric, ...]
+    head: str
+
+    @property
+    def lookups(self) -> tuple[Lookup, ...]:
+        """The embedding lookups among :attr:`parts`."""
+        return tuple(p for p in self.parts if isinstance(p, Lookup))
+
+
+def lookup_index(model: nn.Module, lookup: Lookup, rows: torch.Tensor) -> torch.Tensor:
+    """Embedding-row indices that ``lookup`` reads for entity indices ``rows``.
+
+    Returns ``rows`` itself (id embedding), ``[..., ]`` indices of one categorical column,
+    or ``[..., L]`` indices of a multi-valued column.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    if lookup.buffer is not None:
+        return getattr(model, lookup.buffer)[rows]
+    if lookup.column is not None:
+        return getattr(model, f"{lookup.table}_categorical")[rows][..., lookup.column]
+    return rows
+
+
+def pool_lookup(vectors: torch.Tensor, index: torch.Tensor, lookup: Lookup) -> torch.Tensor:
+    """Zero the vectors of row 0 (``zero_pad``) and mean-pool a multi-valued lookup.
+
+    ``vectors`` ``[..., d]`` (``[..., L, d]`` when pooled) are the embedding rows of
+    ``index`` (:func:`lookup_index`). Returns ``[..., d]``: ``vectors * (index > 0)``, then
+    for a pooled lookup the sum over the ``L`` entries divided by the number of entries
+    with ``index > 0`` (at least 1).
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    if lookup.zero_pad:
+        vectors = vectors * (index > 0).unsqueeze(-1).to(vectors.dtype)
+    if lookup.pooled:
+        count = (index > 0).to(vectors.dtype).sum(-1, keepdim=True).clamp_min(1.0)
+        vectors = vectors.sum(-2) / count
+    return vectors
+
+
+def embed_lookup(model: nn.Module, lookup: Lookup, rows: torch.Tensor) -> torch.Tensor:
+    """The ``[..., d]`` input part of one lookup for entity indices ``rows``.
+
+    Uses the model's own embedding module (so ``functional_call`` parameters apply).
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    index = lookup_index(model, lookup, rows)
+    return pool_lookup(model.get_submodule(lookup.module)(index), index, lookup)
+
+
+def input_parts(
+    model: nn.Module, plan: InputPlan, users: torch.Tensor, items: torch.Tensor,
+    dtype: torch.dtype,
+) -> list[torch.Tensor]:
+    """The pieces of the input vector for broadcast ``users`` and ``items``, in plan order
+    (numeric columns cast to ``dtype``).
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    parts = []
+    for part in plan.parts:
+        rows = users if part.table == "user" else items
+        if isinstance(part, Numeric):
+            parts.append(getattr(model, part.buffer)[rows].to(dtype))
+        else:
+            parts.append(embed_lookup(model, part, rows))
+    return parts
+
+
+def head_parameter_names(model: nn.Module, plan: InputPlan) -> list[str]:
+    """Names of the head's parameters, in ``model.named_parameters()`` order.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    return [n for n, _ in model.named_parameters() if n.startswith(plan.head + ".")]
+
+
+def _linear_layers(module: nn.Module, prefix: str) -> list[str | None] | None:
+    """Parameter prefixes of a Linear or a Sequential of Linear/ReLU (``None`` = ReLU);
+    ``None`` for any other module."""
+    if isinstance(module, nn.Linear):
+        return [prefix]
+    if not isinstance(module, nn.Sequential):
+        return None
+    layers: list[str | None] = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            layers.append(f"{prefix}.{name}")
+        elif isinstance(child, nn.ReLU):
+            layers.append(None)
+        else:
+            return None
+    return layers
+
+
+def apply_head(
+    model: nn.Module,
+    plan: InputPlan,
+    x: torch.Tensor,
+    params: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The decision layers on inputs ``x`` ``[..., width]``; returns ``[...]`` ratings.
+
+    ``params`` (optional): head parameters by full name (``"mlp.0.weight"``) to use
+    instead of the module's own; a Linear or a Sequential of Linear/ReLU is then applied
+    with ``torch.nn.functional.linear`` (cheap inside ``vmap``), anything else with
+    ``functional_call``.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    module = model.get_submodule(plan.head)
+    if params is None:
+        return module(x).squeeze(-1)
+    layers = _linear_layers(module, plan.head)
+    if layers is None:
+        own = {n[len(plan.head) + 1:]: params[n] for n in head_parameter_names(model, plan)}
+        return torch.func.functional_call(module, own, (x,)).squeeze(-1)
+    for layer in layers:
+        if layer is None:
+            x = torch.relu(x)
+        else:
+            x = nn.functional.linear(x, params[f"{layer}.weight"], params.get(f"{layer}.bias"))
+    return x.squeeze(-1)
+
+
+def _plan_forward(
+    model: nn.Module, plan: InputPlan, users: torch.Tensor, items: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``forward`` of a model described by ``plan``."""
+    users, items = torch.broadcast_tensors(users, items)
+    return apply_head(model, plan, torch.cat(input_parts(model, plan, users, items, dtype), -1))
 
 
 def _module_key(table: str, column: str, taken: set[str]) -> str:
@@ -185,7 +388,8 @@ class FeatureRecommender(nn.Module):
     -----
     ``forward(users, items)`` takes int64 index tensors, ``users`` broadcastable against
     ``items``, and returns float ratings of the broadcast shape. It works with
-    ``torch.func.functional_call`` inside ``torch.func.vmap``.
+    ``torch.func.functional_call`` inside ``torch.func.vmap``, and is built from
+    :meth:`input_plan`.
 
     Introduced in chapter 3 (book/03_base_recommender.ipynb).
     """
@@ -214,37 +418,33 @@ class FeatureRecommender(nn.Module):
         self.n_users = user_features.n
         self.n_items = item_features.n
         self.embeddings = nn.ModuleDict()
-        # Per table: (embedding keys of categorical columns, of multi-valued columns,
-        # buffer names of the multi-valued tables).
-        self._columns: dict[str, tuple[list[str], list[str], list[str]]] = {}
+        parts: list[Lookup | Numeric] = []
         taken: set[str] = set()
         width = 0
         for table, features in (("user", user_features), ("item", item_features)):
-            cat_keys, multi_keys, multi_buffers = [], [], []
-            for column, size in zip(
-                features.categorical_names, features.categorical_sizes, strict=True
+            for j, (column, size) in enumerate(
+                zip(features.categorical_names, features.categorical_sizes, strict=True)
             ):
                 key = _module_key(table, column, taken)
                 self.embeddings[key] = nn.Embedding(size, embedding_dim)
-                cat_keys.append(key)
+                parts.append(Lookup(f"embeddings.{key}", table, column=j, zero_pad=True))
             for j, (column, size) in enumerate(
                 zip(features.multi_names, features.multi_sizes, strict=True)
             ):
                 key = _module_key(table, column, taken)
                 self.embeddings[key] = nn.Embedding(size, embedding_dim)
-                multi_keys.append(key)
                 buffer = f"{table}_multi_{j}"
                 self.register_buffer(buffer, features.multi[j].clone(), persistent=False)
-                multi_buffers.append(buffer)
+                parts.append(Lookup(f"embeddings.{key}", table, buffer=buffer, zero_pad=True))
             self.register_buffer(
                 f"{table}_categorical", features.categorical.clone(), persistent=False
             )
             self.register_buffer(
                 f"{table}_numeric", features.numeric.clone().float(), persistent=False
             )
-            self._columns[table] = (cat_keys, multi_keys, multi_buffers)
-            width += (len(cat_keys) + len(multi_keys)) * embedding_dim
-            width += features.numeric.shape[1]
+            parts.append(Numeric(f"{table}_numeric", table))
+            n_lookups = len(features.categorical_names) + len(features.multi_names)
+            width += n_lookups * embedding_dim + features.numeric.shape[1]
         if width == 0:
             raise ValueError("user_features and item_features have no columns at all")
         self.input_width = width
@@ -257,6 +457,7 @@ class FeatureRecommender(nn.Module):
             output.bias.fill_(self.rating_mean)
         layers.append(output)
         self.mlp = nn.Sequential(*layers)
+        self._plan = InputPlan(tuple(parts), "mlp")
         self._model_config = {
             "class": type(self).__name__,
             "embedding_dim": self.embedding_dim,
@@ -277,23 +478,11 @@ class FeatureRecommender(nn.Module):
         """JSON-ready description of the architecture (for checkpoints)."""
         return dict(self._model_config)
 
-    def _embed(self, key: str, index: torch.Tensor) -> torch.Tensor:
-        """Embedding of ``index`` with index 0 mapped to the zero vector."""
-        vectors = self.embeddings[key](index)
-        return vectors * (index > 0).unsqueeze(-1).to(vectors.dtype)
-
-    def _table(self, table: str, rows: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
-        """Feature vectors of ``rows`` of one table, as a list of ``[..., width]`` parts."""
-        cat_keys, multi_keys, multi_buffers = self._columns[table]
-        categorical = getattr(self, f"{table}_categorical")[rows]  # [..., n_cat]
-        parts = [self._embed(key, categorical[..., j]) for j, key in enumerate(cat_keys)]
-        for key, buffer in zip(multi_keys, multi_buffers, strict=True):
-            index = getattr(self, buffer)[rows]  # [..., L]
-            mask = (index > 0).to(dtype)
-            summed = self._embed(key, index).sum(-2)  # [..., d]
-            parts.append(summed / mask.sum(-1, keepdim=True).clamp_min(1.0))
-        parts.append(getattr(self, f"{table}_numeric")[rows].to(dtype))
-        return parts
+    def input_plan(self) -> InputPlan:
+        """The public description of the inputs: per table its categorical lookups, its
+        multi-valued (mean-pooled) lookups and its numeric columns, then the head ``mlp``.
+        :meth:`forward` is built from it."""
+        return self._plan
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings of ``items`` by ``users``.
@@ -308,10 +497,7 @@ class FeatureRecommender(nn.Module):
         torch.Tensor
             Ratings, of the broadcast shape.
         """
-        users, items = torch.broadcast_tensors(users, items)
-        dtype = self.mlp[0].weight.dtype
-        x = torch.cat(self._table("user", users, dtype) + self._table("item", items, dtype), -1)
-        return self.mlp(x).squeeze(-1)
+        return _plan_forward(self, self._plan, users, items, self.mlp[0].weight.dtype)
 
 
 class IdEmbeddingRecommender(nn.Module):
@@ -360,6 +546,14 @@ class IdEmbeddingRecommender(nn.Module):
         self.linear = nn.Linear(2 * self.embedding_dim, 1)
         with torch.no_grad():
             self.linear.bias.fill_(self.rating_mean)
+        self._plan = InputPlan(
+            (Lookup("user_embedding", "user"), Lookup("item_embedding", "item")), "linear"
+        )
+
+    def input_plan(self) -> InputPlan:
+        """The public description of the inputs: the user-id and item-id lookups, then the
+        head ``linear``. :meth:`forward` is built from it."""
+        return self._plan
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -375,6 +569,4 @@ class IdEmbeddingRecommender(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings of ``items`` by ``users`` (same conventions as
         :meth:`FeatureRecommender.forward`)."""
-        users, items = torch.broadcast_tensors(users, items)
-        x = torch.cat([self.user_embedding(users), self.item_embedding(items)], -1)
-        return self.linear(x).squeeze(-1)
+        return _plan_forward(self, self._plan, users, items, self.linear.weight.dtype)

@@ -71,10 +71,8 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class RatingsSpec:
-    """The ratings table: file and the names of its user, item, rating, timestamp columns.
-
-    Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
-    """
+    """The ratings table: file and the names of its user, item, rating, timestamp columns
+    (introduced in chapter 1, book/01_cold_start_problem.ipynb)."""
 
     file: str
     user: str

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -21,9 +22,12 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-__all__ = ["SupervisedResult", "evaluate_mse", "train_supervised"]
+from toyrec_helpers.checks import check_int, check_number
+
+__all__ = ["BestEpoch", "SupervisedResult", "evaluate_mse", "make_optimizer", "train_supervised"]
 
 Params = dict[str, torch.Tensor]
+State = TypeVar("State")
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 Triple = tuple[ArrayLike, ArrayLike, ArrayLike]
 
@@ -63,6 +67,108 @@ class SupervisedResult:
     best_val_mse: float = math.nan
     stopped_early: bool = False
     wall_time_s: float = 0.0
+
+
+class BestEpoch(Generic[State]):
+    """Keep the state of the best epoch and decide when to stop early.
+
+    One rule serves supervised training and meta-training: an epoch is kept when its
+    validation value is strictly lower than the best so far (ties keep the earlier epoch);
+    epoch 0 is the starting state. Without validation (``validated=False``) every epoch
+    is kept, so the last one wins, and training never stops early. With ``patience``,
+    training stops after that many epochs in a row without a kept epoch.
+
+    Parameters
+    ----------
+    value : float
+        Validation value of epoch 0 (NaN without validation).
+    state : State
+        The state of epoch 0 (e.g. a copy of the initial parameters).
+    validated : bool
+        Whether ``value`` and later values are real validation measurements.
+    patience : int, optional
+        Epochs without improvement before stopping; ``None`` = never stop early.
+
+    Attributes
+    ----------
+    best_epoch : int
+        The kept epoch.
+    best_value : float
+        Its validation value.
+    state : State
+        Its state.
+    stopped_early : bool
+        Whether :meth:`update` asked to stop.
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+
+    def __init__(self, value: float, state: State, *, validated: bool = True,
+                 patience: int | None = None) -> None:
+        if patience is not None:
+            check_int(patience, "argument 'patience'", 1)
+        self.best_epoch, self.best_value, self.state = 0, value, state
+        self.validated, self.patience = validated, patience
+        self.stale, self.stopped_early = 0, False
+
+    def update(self, epoch: int, value: float, state: Callable[[], State]) -> bool:
+        """Record an epoch; return ``True`` when training should stop.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just finished.
+        value : float
+            Its validation value.
+        state : callable
+            Returns the epoch's state; called only when the epoch is kept.
+
+        Returns
+        -------
+        bool
+            Whether to stop (patience exhausted).
+        """
+        if not self.validated or value < self.best_value:
+            self.best_epoch, self.best_value, self.state = epoch, value, state()
+            self.stale = 0
+            return False
+        self.stale += 1
+        self.stopped_early = self.patience is not None and self.stale >= self.patience
+        return self.stopped_early
+
+
+def make_optimizer(
+    params: Mapping[str, torch.Tensor],
+    lr: float,
+    weight_decay: float = 0.0,
+    undecayed: Mapping[str, torch.Tensor] | None = None,
+) -> torch.optim.Adam:
+    """The Adam optimizer of every training loop of the package.
+
+    Parameters
+    ----------
+    params : dict of str to torch.Tensor
+        Parameters to train (leaf tensors that require grad), with ``weight_decay``.
+    lr : float
+        Learning rate.
+    weight_decay : float
+        Adam weight decay (L2 penalty as in ``torch.optim.Adam``) of ``params``.
+    undecayed : dict of str to torch.Tensor, optional
+        More trainable tensors, in a second group without weight decay (the learned inner
+        learning rates of Meta-SGD).
+
+    Returns
+    -------
+    torch.optim.Adam
+
+    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    """
+    groups: list[dict[str, object]] = [
+        {"params": list(params.values()), "weight_decay": weight_decay}
+    ]
+    if undecayed is not None:
+        groups.append({"params": list(undecayed.values()), "weight_decay": 0.0})
+    return torch.optim.Adam(groups, lr=lr)
 
 
 def _as_triple(
@@ -187,16 +293,11 @@ def train_supervised(
     Introduced in chapter 3 (book/03_base_recommender.ipynb).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"argument {name!r}: expected an integer >= 1, got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"argument 'lr': expected a finite number > 0, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"argument 'weight_decay': expected a number >= 0, got {weight_decay!r}")
+        check_int(value, f"argument {name!r}", 1)
+    check_number(lr, "argument 'lr'")
+    check_number(weight_decay, "argument 'weight_decay'", positive=False)
     if patience is not None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"argument 'patience': expected None or an integer >= 1, "
-                             f"got {patience!r}")
+        check_int(patience, "argument 'patience'", 1)
         if val is None:
             raise ValueError("argument 'patience' needs validation data: pass val=(users, "
                              "items, ratings)")
@@ -209,7 +310,7 @@ def train_supervised(
 
     start = time.perf_counter()
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
-    optimizer = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(params, lr, weight_decay)
     generator = torch.Generator().manual_seed(int(seed))
 
     def snapshot() -> Params:
@@ -218,10 +319,9 @@ def train_supervised(
     def val_mse() -> float:
         return math.nan if val_data is None else evaluate_mse(model, params, *val_data)
 
-    best_val = val_mse()
-    history = [{"epoch": 0, "train_mse": math.nan, "val_mse": best_val,
+    best = BestEpoch(val_mse(), snapshot(), validated=val_data is not None, patience=patience)
+    history = [{"epoch": 0, "train_mse": math.nan, "val_mse": best.best_value,
                 "seconds": time.perf_counter() - start}]
-    best_params, best_epoch, stale, stopped_early = snapshot(), 0, 0, False
     bar = tqdm(range(1, epochs + 1), desc="train", disable=not progress)
     for epoch in bar:
         order = torch.randperm(len(r), generator=generator)
@@ -241,19 +341,14 @@ def train_supervised(
         history.append({"epoch": epoch, "train_mse": total / len(r), "val_mse": epoch_val,
                         "seconds": time.perf_counter() - start})
         bar.set_postfix(train=f"{total / len(r):.4f}", val=f"{epoch_val:.4f}")
-        if val_data is None or epoch_val < best_val:
-            best_params, best_epoch, best_val, stale = snapshot(), epoch, epoch_val, 0
-        else:
-            stale += 1
-            if patience is not None and stale >= patience:
-                stopped_early = True
-                break
+        if best.update(epoch, epoch_val, snapshot):
+            break
     bar.close()
     return SupervisedResult(
-        params=best_params,
+        params=best.state,
         history=history,
-        best_epoch=best_epoch,
-        best_val_mse=best_val,
-        stopped_early=stopped_early,
+        best_epoch=best.best_epoch,
+        best_val_mse=best.best_value,
+        stopped_early=best.stopped_early,
         wall_time_s=time.perf_counter() - start,
     )

@@ -1,0 +1,114 @@
+"""The ten built-in methods of the protocol, each one fit function and one registry entry.
+
+Registered in table order: ``popularity``, ``popularity_count``, ``global``, ``article``,
+``finetune``, ``fomaml``, ``maml``, ``metasgd``, ``maml_head``, ``oracle`` (see the
+protocol statement in :mod:`toyrec_helpers.evaluate`).
+
+Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+"""
+
+from __future__ import annotations
+
+from toyrec_helpers.baselines import (
+    AdaptedModelRecommender,
+    ArticleRecommender,
+    OracleRecommender,
+    PopularityRecommender,
+    Recommender,
+    fit_article,
+)
+from toyrec_helpers.evaluate.methods import (
+    FitFunction,
+    MethodFit,
+    MethodSpec,
+    SeedContext,
+    method,
+    method_names,
+    register_method,
+)
+from toyrec_helpers.meta import meta_train
+
+__all__ = ["METHODS"]
+
+
+@method("popularity", seed_free=True,
+        description="the item's mean meta-train rating, shrunk towards the global mean")
+def _popularity(ctx: SeedContext) -> Recommender:
+    d = ctx.data
+    return PopularityRecommender(d.train_interactions, d.split.train, d.dataset.n_items)
+
+
+@method("popularity_count", predicts_ratings=False, seed_free=True,
+        description="the item's number of meta-train ratings (a ranking only)")
+def _popularity_count(ctx: SeedContext) -> Recommender:
+    d = ctx.data
+    return PopularityRecommender(d.train_interactions, d.split.train, d.dataset.n_items,
+                                 by="count", name="popularity_count")
+
+
+@method("global", description="the feature model trained on meta-train ratings, no adaptation")
+def _global(ctx: SeedContext) -> Recommender:
+    return ctx.global_fit().recommender
+
+
+@method("article", description="id embeddings, pretraining, per-shopper Adam steps")
+def _article(ctx: SeedContext) -> MethodFit:
+    d, a = ctx.data, ctx.config.article
+    fitted = fit_article(d.train_interactions, d.split.train, d.dataset.n_users,
+                         d.dataset.n_items, embedding_dim=a.embedding_dim, epochs=a.epochs,
+                         lr=a.lr, batch_size=ctx.config.supervised.batch_size, seed=ctx.seed,
+                         finetune_steps=a.steps)
+
+    def with_rate(lr: float) -> ArticleRecommender:
+        return ArticleRecommender(fitted.model, fitted.params, steps=a.steps, lr=lr,
+                                  name="article")
+
+    lr = ctx.tune(with_rate, "article Adam rate")
+    return MethodFit(with_rate(lr), inner_lr=lr)
+
+
+@method("finetune", description="the global model plus SGD steps on the support set")
+def _finetune(ctx: SeedContext) -> MethodFit:
+    g, lr = ctx.global_fit(), ctx.inner_lr("all")
+    rec = AdaptedModelRecommender(g.model, g.params, ctx.config.meta_config(lr),
+                                  name="finetune")
+    return MethodFit(rec, inner_lr=lr)
+
+
+def _meta_learned(name: str, adapt: str, order: str, meta_sgd: str) -> FitFunction:
+    """The fit function of a meta-learned method: MAML from the global model's
+    parameters, at the inner rate tuned for ``adapt``, keeping the best validation epoch."""
+
+    def fit(ctx: SeedContext) -> MethodFit:
+        d, c = ctx.data, ctx.config
+        g, lr = ctx.global_fit(), ctx.inner_lr(adapt)
+        result = meta_train(g.model, d.train_episodes, d.val_episodes,
+                            c.meta_config(lr, adapt=adapt, order=order, meta_sgd=meta_sgd),
+                            seed=ctx.seed, progress=False, patience=c.outer.patience)
+        rec = AdaptedModelRecommender(g.model, result.params, result.config,
+                                      inner_lrs=result.inner_lrs, name=name)
+        return MethodFit(rec, inner_lr=lr, best_epoch=result.best_epoch,
+                         stopped_early=result.stopped_early)
+
+    return fit
+
+
+for _name, _adapt, _order, _meta_sgd, _text in (
+    ("fomaml", "all", "first", "off", "first-order MAML"),
+    ("maml", "all", "second", "off", "MAML, second order"),
+    ("metasgd", "all", "second", "tensor", "Meta-SGD: one learned rate per tensor"),
+    ("maml_head", "head", "second", "off", "MAML adapting the decision layers only"),
+):
+    register_method(MethodSpec(_name, _meta_learned(_name, _adapt, _order, _meta_sgd),
+                               description=_text))
+
+
+@method("oracle", seed_free=True, needs=("answer_key",),
+        description="the ToyShop answer key (generated data only)")
+def _oracle(ctx: SeedContext) -> Recommender:
+    return OracleRecommender(ctx.data.answer_key)  # fit_method checked that there is one
+
+
+METHODS: tuple[str, ...] = method_names()
+"""The built-in methods, in table order (:func:`method_names` also lists methods
+registered later)."""
