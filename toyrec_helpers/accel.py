@@ -21,7 +21,7 @@ Every step is an ordinary differentiable tensor operation (gather, ``torch.where
 result is the same function of ``theta`` as the dense update: same adapted predictions and
 same meta-gradient, second and first order, learned inner rates (Meta-SGD) included.
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ def sparse_meta_loss(
     torch.Tensor
         Scalar meta-loss (mean over tasks of the masked query MSE after adaptation).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     users, s_items, s_ratings, s_mask, q_items, q_ratings, q_mask = batch_fields(batch)
     task = _Sparse(model, params, config)
@@ -403,7 +403,7 @@ def sparse_predict_adapted(
     torch.Tensor
         Predicted ratings ``[T, M]``, detached.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     users, s_items, s_ratings, s_mask = batch_fields(batch)[:4]
     params = {n: p.detach() for n, p in params.items()}

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="time meta-training (loop / vmap / torch.compile) and new-shopper adaptation",
-        description="Benchmark on synthetic data (chapter 7): meta-training tasks/s and peak "
+        description="Benchmark on synthetic data (chapter 10): meta-training tasks/s and peak "
         "memory per implementation, order and adaptation, and the latency of adapting one "
         "new shopper.",
     )

@@ -19,7 +19,7 @@ or on a data directory (``--data data/toyshop``): then it is
 early stopping, Meta-SGD, checkpoint ``--out``), and one process of it gives exactly the
 result of ``meta_train``. Without torchrun it runs as a single process.
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def shard(batch: EpisodeBatch, rank: int, world_size: int) -> EpisodeBatch:
         Tasks ``lo:hi`` of ``batch`` (possibly none when there are fewer tasks than
         processes); the slices of all ranks cover every task once.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, "
@@ -93,7 +93,7 @@ class AllReduce:
     group : optional
         Process group (``None`` = the world).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
 
     rank: int = 0
@@ -143,7 +143,7 @@ def distributed_meta_step(
     float
         The meta-loss of the whole meta-batch (mean over all its tasks).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     return float(meta_step(model, params, optimizer, batch, config, inner_lrs,
                            loss_fn=loss_fn, grad_sync=AllReduce.current(group)))
@@ -152,7 +152,7 @@ def distributed_meta_step(
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for a local process group).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -185,7 +185,7 @@ def run_local(argv: Sequence[str], nprocs: int = 2) -> None:
     nprocs : int
         Number of processes.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if nprocs < 1:
         raise ValueError(f"argument 'nprocs': expected >= 1, got {nprocs}")
@@ -198,7 +198,7 @@ def run_local(argv: Sequence[str], nprocs: int = 2) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m toyrec_helpers.distributed`` (run under torchrun).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     parser = argparse.ArgumentParser(
         prog="python -m torch.distributed.run --nproc_per_node N -m toyrec_helpers.distributed",
@@ -286,7 +286,7 @@ def load_problem(
     -------
     model, train_episodes, val_episodes
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     from toyrec_helpers.data import load_dataset
     from toyrec_helpers.episodes import make_episodes, split_users
@@ -308,7 +308,7 @@ def load_problem(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m toyrec_helpers.distributed`` (under torchrun).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     args = build_parser().parse_args(argv)
     for name in ("steps", "epochs", "meta_batch", "k", "query", "patience"):

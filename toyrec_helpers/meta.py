@@ -133,7 +133,7 @@ class GradSync(Protocol):
     ``local_batch(batch)`` is this process's share of the meta-batch; ``all_reduce(flat)``
     sums a flat tensor over all processes, in place.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
 
     def local_batch(self, batch: EpisodeBatch) -> EpisodeBatch: ...
@@ -274,7 +274,7 @@ def meta_train(
         Allow replacing an existing file at ``checkpoint_path``.
     loss_fn : callable
         The meta-loss, ``loss_fn(model, params, batch, config, inner_lrs)``:
-        :func:`meta_loss` (default) or ``accel.sparse_meta_loss`` (chapter 7).
+        :func:`meta_loss` (default) or ``accel.sparse_meta_loss`` (chapter 10).
     grad_sync : GradSync, optional
         Data-parallel hook (``distributed.AllReduce``): each process differentiates its
         share of every meta-batch and the gradients are summed (see :func:`meta_step`).

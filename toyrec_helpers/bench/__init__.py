@@ -37,7 +37,7 @@ Modules: :mod:`~toyrec_helpers.bench.problem` (synthetic problems),
 :mod:`~toyrec_helpers.bench.run` (the run, its JSON and table),
 :mod:`~toyrec_helpers.bench.convert` (older JSON files to the current format).
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ already in the current format is left alone. Usage::
 
     python -m toyrec_helpers.bench.convert book/results/bench_gpu_*.json
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def convert_payload(payload: dict[str, Any]) -> dict[str, Any]:
     ValueError
         An unknown format or version, or a stored summary that the rows do not give.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if "format" in payload:
         if payload["format"] != FORMAT or payload.get("version") != VERSION:
@@ -122,7 +122,7 @@ def convert_file(path: str | os.PathLike[str]) -> bool:
     bool
         ``True`` if the file was converted, ``False`` if it was already current.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     payload = json.loads(Path(path).read_text(encoding="utf-8"))
     converted = convert_payload(payload)
@@ -135,7 +135,7 @@ def convert_file(path: str | os.PathLike[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m toyrec_helpers.bench.convert FILE ...``.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:

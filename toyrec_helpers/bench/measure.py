@@ -1,6 +1,6 @@
 """Measuring one benchmark configuration: its meta-step, peak memory, checks and latency.
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = [
 def device_name(device: torch.device) -> str:
     """Human-readable name of the device (GPU name, or the CPU model).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -57,7 +57,7 @@ def device_name(device: torch.device) -> str:
 def sync(device: torch.device) -> None:
     """Wait for the device (CUDA); nothing on the CPU.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -66,7 +66,7 @@ def sync(device: torch.device) -> None:
 class CompileTimeout(Exception):
     """Raised by the alarm of :func:`time_limit`.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
 
 
@@ -74,7 +74,7 @@ class CompileTimeout(Exception):
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`CompileTimeout` after ``seconds`` (POSIX main thread only).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     usable = (seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
               and threading.current_thread() is threading.main_thread())
@@ -98,7 +98,7 @@ def cpu_peak_bytes(step: Callable[[], None]) -> int | None:
     """Peak bytes of torch tensors allocated (and still live) during ``step()`` on CPU,
     from the allocation events of ``torch.profiler`` (``None`` if they cannot be read).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -121,7 +121,7 @@ def peak_mb(step: Callable[[], None], device: torch.device) -> float | None:
     ``torch.cuda.max_memory_allocated`` minus the memory allocated before; on the CPU
     :func:`cpu_peak_bytes`.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -137,7 +137,7 @@ def peak_mb(step: Callable[[], None], device: torch.device) -> float | None:
 def error_text(exc: BaseException) -> str:
     """The first line of ``"Type: message"`` of an exception (at most 500 characters).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -147,7 +147,7 @@ def error_text(exc: BaseException) -> str:
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile of ``values`` (numpy's linear interpolation).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
@@ -157,7 +157,7 @@ def loss_function(
 ) -> Callable[[dict[str, torch.Tensor], EpisodeBatch], torch.Tensor]:
     """The meta-loss of one configuration, as ``f(params, batch)``.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if adapt == "all_sparse":
         vectorize = impl != "loop"
@@ -179,7 +179,7 @@ def make_step(
     with the meta-loss ``loss_fn(params, batch)`` computed under ``autocast`` and Adam at
     learning rate 1e-4. No host sync.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     config = dataclasses.replace(config, outer_lr=1e-4)
     optimizer = make_meta_optimizer(params, config)
@@ -200,7 +200,7 @@ def gradient_checks(
 ) -> dict[str, float]:
     """Relative max difference of the float32 meta-gradients: sparse and loop vs vmap.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     out = {}
     small = batch.select(slice(0, min(4, len(batch))))
@@ -228,7 +228,7 @@ def latency(
 ) -> dict[str, Any]:
     """p50/p99 ms of adapting one new shopper and scoring every item (sparse and dense).
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     config = MetaConfig(inner_steps=inner_steps, adapt="all")
     result: dict[str, Any] = {

@@ -4,7 +4,7 @@ Random features and episodes with exactly the shapes of a real data set (MeLU on
 MovieLens-1M, the book's ToyShop, or a tiny one for tests), so that the benchmark and the
 data-parallel demo need no data set and no training first.
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class BenchSizes:
     inner_steps : int
         Inner-loop steps.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
 
     name: str
@@ -156,7 +156,7 @@ def make_problem(
     shopper : EpisodeBatch
         One more task with ``min(5, sizes.support)`` support ratings.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if isinstance(sizes, str):
         sizes = SIZES[check_choice(sizes, "argument 'sizes'", tuple(sorted(SIZES)))]

@@ -1,7 +1,7 @@
 """Running the benchmark: interleaved timing of every configuration, the JSON result and
 its text table.
 
-Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def run_bench(
         times), ``adapt_latency_ms`` (``p50``, ``p99`` and the dense path's), ``checks``,
         ``summary`` (speed-ups and memory ratios against the loop) and the settings.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     if quick:
         sizes, repeats, latency_repeats = "tiny", 2, min(latency_repeats, 5)
@@ -384,7 +384,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     -------
     dict
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
     by = {(r["impl"], r["order"], r["adapt"]): r for r in rows}
     out: dict[str, float | None] = {}
@@ -413,7 +413,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 def format_results(result: dict[str, Any]) -> str:
     """A plain-text table of :func:`run_bench` results.
 
-    Introduced in chapter 7 (book/07_gpu_acceleration.ipynb).
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
     """
 
     def num(value: float | None, fmt: str) -> str:
