@@ -1,5 +1,6 @@
 # Two commands for readers and CI (README.md, Quick start):
 #   make book   build the book into _build/html, executing every notebook
+#   (and for instructors: make book-student, the same book without solutions)
 #   make test   ruff, then pytest: the unit tests in tests/ and every notebook in book/
 # Both create .venv with python3 when it is missing and install the pinned tools once per
 # change of requirements-dev.txt or pyproject.toml.
@@ -23,11 +24,13 @@ NPM_DIR := _build/npm
 VENDOR := book/_vendor
 VENDORED := $(VENDOR)/.complete
 
-.PHONY: help book test assets clean
+.PHONY: help book book-student test assets movielens clean
 
 help:
 	@echo "make book   build the book into _build/html (executes every notebook)"
+	@echo "make book-student   the same book without solutions, into $(STUDENT)/_build/html"
 	@echo "make test   ruff + unit tests + every notebook in book/"
+	@echo "make movielens  fetch MovieLens-100K from the package index into data/ml-100k"
 	@echo "make clean  remove _build and the vendored JavaScript"
 
 # torch is installed on its own first, and only when missing: asked for without the exact
@@ -67,10 +70,29 @@ $(VENDORED): $(ASSETS_SRC)/package.json $(ASSETS_SRC)/package-lock.json $(ASSETS
 
 assets: $(VENDORED)
 
-book: $(INSTALLED) assets
+# MovieLens-100K (chapter 7), never committed (GroupLens's terms): `pip download` of the
+# wheel recbole==1.2.1 into the cache ($$TOYREC_CACHE or ~/.cache/toyrec), SHA-256 checked,
+# imported into data/ml-100k. The chapter finds the wheel in the cache.
+ML100K := data/ml-100k/schema.json
+$(ML100K): | $(INSTALLED)
+	$(PY) -m toyrec_helpers import-movielens --fetch pypi --overwrite data/ml-100k
+
+movielens: $(ML100K)
+
+book: $(INSTALLED) assets $(ML100K)
 	$(VENV)/bin/jupyter-book build . $(JB_FLAGS)
 
-test: $(INSTALLED)
+# The student edition: the same pages with every solution hidden (_config_student.yml over
+# _config.yml). It reuses the notebook outputs that `make book` cached in _build/.jupyter_cache
+# (a notebook not in the cache is executed). tests/test_student_edition.py checks the HTML.
+STUDENT := _build/student
+
+book-student: $(INSTALLED) assets
+	$(PY) book/_ext/student_config.py _config.yml _config_student.yml $(STUDENT)/_config.yml
+	$(VENV)/bin/jupyter-book build . --config $(STUDENT)/_config.yml --path-output $(STUDENT) \
+		$(JB_FLAGS)
+
+test: $(INSTALLED) $(ML100K)
 	$(VENV)/bin/ruff check .
 	@$(PY) -m pytest $(PYTEST_FLAGS) || { rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; fi; exit $$rc; }

@@ -166,6 +166,19 @@ def test_generate_data_small(tmp_path, capsys):
     }
 
 
+def test_generate_data_writes_the_random_exposure_ratings(tmp_path, capsys):
+    from toyrec_helpers.toyshop import ToyShopConfig, generate_toyshop
+    from toyrec_helpers.toyshop_exposure import RANDOM_EXPOSURE_FILE, random_exposure
+
+    out_dir = tmp_path / "small"
+    assert run(capsys, "generate-data", "--out", str(out_dir), *SMALL)[0] == 0
+    written = (out_dir / RANDOM_EXPOSURE_FILE).read_text(encoding="utf-8")
+    frame = random_exposure(generate_toyshop(ToyShopConfig(seed=0, users=200, items=60,
+                                                           ratings=4000)))
+    assert written == frame.to_csv(index=False, lineterminator="\n")
+    assert written.startswith("user_id,item_id,rating\n")
+
+
 def test_generate_data_is_deterministic_for_a_seed(tmp_path, capsys):
     dirs = {}
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):

@@ -48,7 +48,8 @@ def test_chapter_one_runs_alone_with_only_the_installed_package(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(p.name for p in (cache / "toyshop-v1").iterdir()) == [
-        "README.md", "items.csv", "ratings.csv", "schema.json", "users.csv",
+        "README.md", "items.csv", "random_exposure.csv", "ratings.csv", "schema.json",
+        "users.csv",
     ]  # fmt: skip
     cells = json.loads(notebook.read_text())["cells"]
     outputs = [o for c in cells if c["cell_type"] == "code" for o in c["outputs"]]

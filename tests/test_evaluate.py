@@ -37,12 +37,13 @@ from toyrec_helpers.evaluate import (
     score_recommender,
     unregister_method,
 )
+from toyrec_helpers.evaluate.paired import read_per_shopper
 from toyrec_helpers.toyshop import ToyShopConfig, generate_toyshop, write_toyshop
 
 TINY = EvalConfig(ks=(1, 3, 5), seeds=(0, 1), outer=OuterSettings(epochs=1),
                   supervised=SupervisedSettings(epochs=2), article=ArticleSettings(epochs=2),
                   n_boot=200)
-SUMMARY_KEYS = {"method", "k", "metric", "mean", "ci_low", "ci_high", "n_users"}
+SUMMARY_KEYS = {"method", "k", "metric", "mean", "ci_low", "ci_high", "n_users", "seed_sd"}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def data(dataset):
 @pytest.fixture(scope="module")
 def result(dataset):
     torch.set_num_threads(1)
-    return evaluate(dataset, TINY, progress=False)
+    return evaluate(dataset, TINY, methods=METHODS, progress=False)  # the built-in methods
 
 
 @pytest.fixture()
@@ -167,7 +168,7 @@ def test_methods_see_only_the_support_ratings_of_test_shoppers(dataset, data, re
     changed = _perturbed(dataset, data.split.test, lambda rows: rows[max_k:])
     data2 = prepare(changed, TINY)
     assert not torch.equal(data2.test_batch(1).query_ratings, data.test_batch(1).query_ratings)
-    recs2, _ = fit_methods(data2, TINY.seeds[-1])
+    recs2, _ = fit_methods(data2, TINY.seeds[-1], METHODS)
     assert set(recs2) == set(result.recommenders) == set(METHODS)
     for k in TINY.ks:
         batch = data.test_batch(k)
@@ -214,7 +215,7 @@ def test_rating_metrics_are_skipped_for_ranking_only_scores(data):
 def test_summary_shape_ci_and_per_user_values(result):
     summary = result.summary()
     assert list(summary.columns) == ["method", "k", "metric", "mean", "ci_low", "ci_high",
-                                     "n_users"]
+                                     "n_users", "seed_sd"]
     ranking_only = {"popularity_count"}  # no rating metrics for a ranking-only score
     rating_metrics = 2
     expected = len(METHODS) * len(TINY.ks) * len(METRICS) - len(ranking_only) * len(
@@ -244,14 +245,52 @@ def test_oracle_is_the_best_and_tuned_rates_come_from_the_grid(result):
     assert all(s[("oracle", 5, "mae")] < s[(m, 5, "mae")] for m in METHODS
                if m not in ("oracle", "popularity_count"))
     tuned = result.protocol()["tuned"]["inner_lr"]
-    assert set(tuned) == {"article", "finetune", "fomaml", "maml", "metasgd", "maml_head"}
-    assert all(lr in TINY.inner.lr_grid for lrs in tuned.values() for lr in lrs)
+    assert set(tuned) == {"article", "finetune", "fomaml", "maml", "metasgd", "maml_local",
+                          "anil"}
+    fits = result.fits.set_index(["method", "seed"])
+    low, high = min(TINY.inner.lr_grid), max(TINY.inner.lr_grid)
+    for method, lrs in tuned.items():
+        for seed, lr in zip(TINY.seeds, lrs, strict=True):
+            edge = fits.loc[(method, seed), "lr_edge"]
+            assert edge in ("", "low", "high")
+            if low < lr < high:  # inside the grid: bracketed, from the grid
+                assert edge == "" and lr in TINY.inner.lr_grid
+            else:  # at or beyond an edge: the grid was extended first
+                assert lr not in (low, high) or edge == ""
+    # the flags are consistent with the validation errors they summarise
+    rated = result.fits[result.fits["inner_lr"].notna()]
+    assert ((rated["val_mse"] > rated["unadapted_val_mse"])
+            == rated["worse_than_unadapted"]).all()
+    meta = result.fits[result.fits["best_epoch"] >= 0]
+    assert (meta["epochs_run"] >= meta["best_epoch"]).all() and (meta["epochs_run"] >= 1).all()
+
+
+def test_paired_differences_are_per_shopper_means_over_seeds(result):
+    paired = result.paired()
+    assert set(paired["baseline"]) == {"finetune", "global", "popularity", "popularity_count"}
+    assert set(paired.query("baseline == 'popularity'")["metric"]) <= {"mae", "rmse"}
+    assert "mae" not in set(paired.query("baseline == 'popularity_count'")["metric"])
+    assert not (paired["method"] == paired["baseline"]).any()
+    row = paired.query("method == 'maml' and baseline == 'finetune' and k == 3 "
+                       "and metric == 'mae'").iloc[0]
+    diff = (result.per_user("maml", 3, "mae").mean(0)
+            - result.per_user("finetune", 3, "mae").mean(0))
+    assert row["mean"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n_users"] == len(diff)
+    # a method against itself through another name would give zero; the global model does
+    # not depend on K, so its difference to the global model at every K is exactly zero
+    zero = paired.query("method == 'popularity' and baseline == 'global' and metric == 'mae'")
+    assert (zero["mean"].diff().dropna().abs() < 1e-12).all()
+    spread = result.summary().set_index(["method", "k", "metric"])["seed_sd"]
+    assert spread[("popularity", 5, "mae")] == 0.0
+    per_seed = result.per_user("global", 5, "mae").mean(axis=1)
+    assert spread[("global", 5, "mae")] == pytest.approx(np.std(per_seed, ddof=1))
 
 
 def test_json_schema_is_exact_and_only_evaluate_json_is_replaced(result, tmp_path):
     path = result.to_json(tmp_path / "sub" / "eval.json")
     saved = json.loads(path.read_text(encoding="utf-8"))
-    assert set(saved) == {"data", "protocol", "summary"}
+    assert set(saved) == {"data", "protocol", "summary", "paired", "per_shopper"}
     assert saved["data"] == result.data
     protocol = saved["protocol"]
     assert protocol["ks"] == [1, 3, 5] and protocol["seeds"] == [0, 1]
@@ -267,8 +306,15 @@ def test_json_schema_is_exact_and_only_evaluate_json_is_replaced(result, tmp_pat
         assert all(isinstance(row[c], float) for c in ("mean", "ci_low", "ci_high"))
     assert saved["summary"][0] == {"method": "popularity", "k": 1, "metric": "mae",
                                    **{c: pytest.approx(result.summary().iloc[0][c])
-                                      for c in ("mean", "ci_low", "ci_high")},
+                                      for c in ("mean", "ci_low", "ci_high", "seed_sd")},
                                    "n_users": int(result.summary().iloc[0]["n_users"])}
+    # per-shopper values: the sidecar named in the JSON, with its checksum
+    values, users, seeds = read_per_shopper(path)
+    assert np.array_equal(users, result.users) and list(seeds) == list(TINY.seeds)
+    assert set(values) == set(result.values)
+    for key, v in result.values.items():
+        np.testing.assert_allclose(values[key], v, rtol=1e-6, equal_nan=True)
+    assert saved["per_shopper"]["file"] == "eval.per_shopper.npz"
     # a previous evaluation JSON is replaced ...
     path.write_text(path.read_text(encoding="utf-8").replace('"k": 1', '"k": 99'),
                     encoding="utf-8")
@@ -283,7 +329,19 @@ def test_json_schema_is_exact_and_only_evaluate_json_is_replaced(result, tmp_pat
         assert mine.read_text(encoding="utf-8") == content
     with pytest.raises(FileExistsError, match="directory"):
         check_json_path(tmp_path)
-    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["eval.json"]  # no temp
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
+        "eval.json", "eval.per_shopper.npz"]  # no temp
+    # a sidecar that is not ours is never replaced
+    theirs = tmp_path / "other.json"
+    (tmp_path / "other.per_shopper.npz").write_text("mine", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="per-shopper"):
+        result.to_json(theirs)
+    assert not theirs.exists()
+    # a changed sidecar fails its checksum
+    sidecar = tmp_path / "sub" / "eval.per_shopper.npz"
+    sidecar.write_bytes(sidecar.read_bytes()[:-1] + b"x")
+    with pytest.raises(ValueError, match="SHA-256"):
+        read_per_shopper(path)
 
 
 def test_format_table(result):
@@ -315,7 +373,11 @@ def test_oracle_only_with_an_answer_key(result, no_key_dir):
 
 def test_default_methods_leave_oracle_out_without_an_answer_key(no_key_dir):
     data = prepare(no_key_dir, EvalConfig(ks=(5,), seeds=(0,)))
-    assert resolve_methods(None, data) == tuple(m for m in METHODS if m != "oracle")
+    chosen = resolve_methods(None, data)  # every default method but those needing the key
+    assert chosen == tuple(m for m in method_names()
+                           if get_method(m).default and "answer_key" not in get_method(m).needs)
+    assert "maml_hybrid" in method_names() and "maml_hybrid" not in chosen  # opt-in only
+    assert set(METHODS) - {"oracle"} <= set(chosen) and "oracle" not in chosen
 
 
 def test_config_is_checked_and_serialisable():
@@ -347,7 +409,8 @@ def test_config_is_checked_and_serialisable():
 
 
 def test_cli_method_names_come_from_the_registry():
-    assert tuple(cli.EVALUATE_METHODS) == method_names() == METHODS
+    assert tuple(cli.EVALUATE_METHODS) == method_names()
+    assert method_names()[:len(METHODS)] == METHODS  # the built-in methods come first
 
 
 def test_cli_prints_table_and_writes_json(shop_dir, tmp_path, capsys):
@@ -444,7 +507,7 @@ def test_a_method_registered_in_a_test_runs_through_evaluate(dataset, tmp_path,
         ratings = ctx.data.train_interactions["rating"]
         return ConstantMean(ratings.mean(), ctx.data.dataset.n_items)
 
-    assert method_names() == (*METHODS, "constant_mean")
+    assert method_names()[-1] == "constant_mean" and method_names()[:len(METHODS)] == METHODS
     assert cli.build_parser().parse_args(["evaluate", "--methods", "constant_mean"]).methods \
         == ["constant_mean"]
     config = EvalConfig(ks=(1, 5), seeds=(0, 1), n_boot=50)

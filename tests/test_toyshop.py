@@ -37,6 +37,13 @@ from toyrec_helpers.toyshop import (
     toyshop_dir,
     write_toyshop,
 )
+from toyrec_helpers.toyshop_exposure import (
+    RANDOM_EXPOSURE_FILE,
+    RANDOM_EXPOSURE_PER_USER,
+    RANDOM_EXPOSURE_SHA256,
+    load_random_exposure,
+    random_exposure,
+)
 
 SMALL = ToyShopConfig(seed=3, users=60, items=40, ratings=1000)
 
@@ -50,7 +57,8 @@ def key(toyshop):
 
 
 def test_committed_files_match_the_recorded_sums():
-    assert file_sha256(TOYSHOP_DIR) == TOYSHOP_SHA256
+    assert file_sha256(TOYSHOP_DIR) == {**TOYSHOP_SHA256,
+                                        RANDOM_EXPOSURE_FILE: RANDOM_EXPOSURE_SHA256}
 
 
 def test_cli_regenerates_the_committed_data_byte_for_byte(tmp_path):
@@ -58,12 +66,13 @@ def test_cli_regenerates_the_committed_data_byte_for_byte(tmp_path):
     assert cli.main(["generate-data", "--out", str(out)]) == 0
     committed = sorted(p.name for p in TOYSHOP_DIR.iterdir())
     assert sorted(p.name for p in out.iterdir()) == committed
-    assert set(committed) == {"README.md", "items.csv", "ratings.csv", "schema.json", "users.csv"}
+    assert set(committed) == {"README.md", "items.csv", "ratings.csv", "schema.json", "users.csv",
+                              RANDOM_EXPOSURE_FILE}
     for name in committed:
         assert (out / name).read_bytes() == (TOYSHOP_DIR / name).read_bytes(), name
     assert (out / "README.md").read_bytes() == DATASHEET.read_bytes()
     assert (TOYSHOP_DIR / "README.md").read_bytes() == DATASHEET.read_bytes()
-    assert file_sha256(out) == TOYSHOP_SHA256
+    assert file_sha256(out) == {**TOYSHOP_SHA256, RANDOM_EXPOSURE_FILE: RANDOM_EXPOSURE_SHA256}
 
 
 def test_toyshop_dir_without_cache_dir_is_the_checkout_copy():
@@ -312,3 +321,44 @@ def test_config_from_schema(toyshop):
     raw["generator"]["version"] = GENERATOR_VERSION + 1
     with pytest.raises(ValueError, match="version"):
         config_from_schema(raw)
+
+
+# --- the random-exposure (missing-at-random) ratings --------------------------------------------
+
+
+def test_random_exposure_is_uniform_and_follows_the_rating_law():
+    shop = generate_toyshop(SMALL)
+    frame = random_exposure(shop, per_user=10)
+    assert len(frame) == SMALL.users * 10
+    assert (frame.groupby("user_id")["item_id"].nunique() == 10).all()  # no repeats
+    assert frame["rating"].between(1, 5).all()
+    u = frame["user_id"].str[1:].astype(int).to_numpy() - 1
+    i = frame["item_id"].str[1:].astype(int).to_numpy() - 1
+    # every toy is equally likely: counts per toy are binomial(users, 10 / items)
+    counts = np.bincount(i, minlength=SMALL.items)
+    expected = SMALL.users * 10 / SMALL.items
+    assert abs(counts.mean() - expected) < 1e-9 and counts.std() < 3 * np.sqrt(expected)
+    # unbiased for the answer key on random toys (no selection): mean error near zero
+    err = frame["rating"].to_numpy() - expected_rating(shop.scores)[u, i]
+    assert abs(err.mean()) < 4 * err.std() / np.sqrt(len(err))
+    again = random_exposure(generate_toyshop(SMALL), per_user=10)
+    assert again.equals(frame)  # its own seeded stream: deterministic
+    assert generate_toyshop(SMALL).ratings.equals(shop.ratings)  # the shop is unchanged
+
+
+def test_committed_random_exposure_loads_for_every_shopper():
+    dataset = load_dataset(TOYSHOP_DIR)
+    exposure = load_random_exposure(dataset)
+    assert exposure is not None
+    assert np.array_equal(np.bincount(exposure.users, minlength=dataset.n_users),
+                          np.full(dataset.n_users, RANDOM_EXPOSURE_PER_USER))
+    items, ratings, mask = exposure.table(np.array([0, 5]))
+    assert items.shape == (2, RANDOM_EXPOSURE_PER_USER) and bool((mask == 1).all())
+
+
+def test_random_exposure_with_an_unknown_toy_names_the_row(tmp_path):
+    out = write_toyshop(generate_toyshop(SMALL), tmp_path / "shop")
+    (out / RANDOM_EXPOSURE_FILE).write_text("user_id,item_id,rating\nU00001,T9999,3\n",
+                                            encoding="utf-8")
+    with pytest.raises(ValueError, match="row 2: unknown item_id"):
+        load_random_exposure(load_dataset(out))

@@ -48,7 +48,7 @@ __all__ = [
 
 Params = dict[str, torch.Tensor]
 
-_ADAPT = ("all", "head")
+_ADAPT = ("all", "head", "last")
 _ORDER = ("second", "first")
 _META_SGD = ("off", "tensor", "element")
 
@@ -63,9 +63,10 @@ class MetaConfig:
         Gradient steps on the support set per task (0 = no adaptation).
     inner_lr : float
         Inner-loop learning rate (the initial value of the learned rates with Meta-SGD).
-    adapt : {"all", "head"}
-        Which parameters the inner loop changes: all of them, or only the decision layers
-        (see :func:`toyrec_helpers.models.parameter_names`). The others are shared by all
+    adapt : {"all", "head", "last"}
+        Which parameters the inner loop changes: all of them, only the decision layers
+        (MeLU's local layers), or only the final linear layer (ANIL); see
+        :func:`toyrec_helpers.models.parameter_names`. The others are shared by all
         users and are learned by the outer loop only.
     order : {"second", "first"}
         ``"second"``: exact meta-gradient, through the inner gradients. ``"first"``:

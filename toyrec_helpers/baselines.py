@@ -42,17 +42,24 @@ from toyrec_helpers.recommenders import (
 from toyrec_helpers.training import SupervisedResult, train_supervised
 
 __all__ = [
-    "INNER_LR_GRID", "adam_adapt", "AdaptedModelRecommender", "ArticleRecommender", "fit_article",
+    "BRACKETED_LR_GRID", "INNER_LR_GRID", "TuneResult", "adam_adapt", "AdaptedModelRecommender",
+    "ArticleRecommender", "fit_article",
     "fit_global", "FittedBaseline", "FixedModelRecommender", "OracleRecommender",
     "PopularityRecommender", "ratings_of", "Recommender", "resolve_items", "tune_inner_lr",
-    "tune_rate"
+    "tune_rate", "tune_rate_bracketed"
 ]
 
 Params = dict[str, torch.Tensor]
 
 INNER_LR_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3)
-"""Inner learning rates tried by :func:`tune_inner_lr` (the same grid for every adapted
-method, fine-tuning and MAML alike, so that each gets the same tuning budget)."""
+"""The coarse grid of inner learning rates of chapters 3 to 5 (default of
+:func:`tune_inner_lr`). Its best rate for the ToyShop's global model, 0.01, lies at its
+lower edge; the evaluation protocol tunes on :data:`BRACKETED_LR_GRID` instead."""
+
+BRACKETED_LR_GRID: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+"""The evaluation protocol's grid of rates, log-spaced (half a decade apart) from 1e-4 to
+0.3, for every adapted method alike (:func:`tune_rate_bracketed` extends it when the best
+rate lies at an edge)."""
 
 
 @dataclass
@@ -339,3 +346,119 @@ def tune_inner_lr(
         lambda lr: AdaptedModelRecommender(model, params,
                                            dataclasses.replace(config, inner_lr=lr)),
         val_batch, grid)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune_rate_bracketed` returns.
+
+    Attributes
+    ----------
+    best : float
+        The chosen rate.
+    table : list of dict
+        Every rate tried, in increasing order: ``inner_lr``, ``val_mse``, ``val_mae``.
+    edge : {"", "low", "high"}
+        ``"low"`` or ``"high"`` when the best rate is still the smallest or largest rate
+        tried after extending the grid: the grid does not bracket the optimum.
+    extended : int
+        Rates tried beyond the grid given.
+    unadapted_mse : float
+        Validation MSE of the method without adaptation (``NaN`` if not measured).
+
+    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    """
+
+    best: float
+    table: list[dict[str, float]]
+    edge: str = ""
+    extended: int = 0
+    unadapted_mse: float = math.nan
+
+    @property
+    def best_mse(self) -> float:
+        """Validation MSE at the chosen rate."""
+        return next(row["val_mse"] for row in self.table if row["inner_lr"] == self.best)
+
+    @property
+    def worse_than_unadapted(self) -> bool:
+        """Whether adapting at the best rate is worse on validation than not adapting."""
+        return bool(self.best_mse > self.unadapted_mse)
+
+
+def _rate_row(
+    recommender: Recommender, lr: float, val_batch: EpisodeBatch, has_query: torch.Tensor
+) -> dict[str, float]:
+    """Mean validation query MSE and MAE of one recommender (``inf`` if not finite)."""
+    pred = recommender.predict(val_batch)
+    mask = val_batch.query_mask
+    mse = masked_mse(pred, val_batch.query_ratings, mask)[has_query].mean()
+    err = (pred - val_batch.query_ratings).abs() * mask
+    mae = (err.sum(-1) / mask.sum(-1).clamp_min(1))[has_query].mean()
+    finite = bool(torch.isfinite(pred).all())
+    return {"inner_lr": float(lr), "val_mse": float(mse) if finite else math.inf,
+            "val_mae": float(mae) if finite else math.inf}
+
+
+def tune_rate_bracketed(
+    make: Callable[[float], Recommender],
+    val_batch: EpisodeBatch,
+    grid: Sequence[float] = BRACKETED_LR_GRID,
+    what: str = "inner learning rate",
+    unadapted: Recommender | None = None,
+    max_extend: int = 2,
+) -> TuneResult:
+    """:func:`tune_rate` with a bracket check: the protocol's rule for every adapted method.
+
+    The rates of ``grid`` are scored as by :func:`tune_rate` (lowest mean validation
+    query MSE wins, ties to the smaller rate, diverging rates score ``inf``). When the
+    best rate is the smallest or the largest tried, the grid is extended on that side by
+    the ratio of its two outermost rates, up to ``max_extend`` times per side; if the best
+    rate is still at an edge, :attr:`TuneResult.edge` says which. With ``unadapted``
+    (the same model without adaptation), :attr:`TuneResult.worse_than_unadapted` says
+    whether adapting at the best rate is worse on validation than not adapting.
+
+    Parameters
+    ----------
+    make, val_batch, what
+        As for :func:`tune_rate`.
+    grid : sequence of float
+        Rates to try (at least two, sorted or not). Default :data:`BRACKETED_LR_GRID`.
+    unadapted : Recommender, optional
+        The method without adaptation.
+    max_extend : int
+        Most extra rates per side.
+
+    Returns
+    -------
+    TuneResult
+
+    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    """
+    rates = sorted({float(g) for g in grid})
+    if len(rates) < 2 or rates[0] <= 0:
+        raise ValueError(f"argument 'grid': expected at least two positive rates, got {grid!r}")
+    has_query = val_batch.query_mask.sum(-1) > 0
+    if not bool(has_query.any()):
+        raise ValueError("argument 'val_batch': no task has a query rating")
+    rows = {lr: _rate_row(make(lr), lr, val_batch, has_query) for lr in rates}
+    extended = {"low": 0, "high": 0}
+
+    def best_rate() -> float:
+        return min(rows.values(), key=lambda row: (row["val_mse"], row["inner_lr"]))["inner_lr"]
+
+    while True:
+        best, tried = best_rate(), sorted(rows)
+        side = "low" if best == tried[0] else "high" if best == tried[-1] else ""
+        if not side or extended[side] >= max_extend:
+            break
+        lr = (tried[0] * tried[0] / tried[1] if side == "low"
+              else tried[-1] * tried[-1] / tried[-2])
+        rows[lr] = _rate_row(make(lr), lr, val_batch, has_query)
+        extended[side] += 1
+    if not math.isfinite(rows[best]["val_mse"]):
+        raise FloatingPointError(f"every {what} in {tuple(sorted(rows))} diverged")
+    base = math.nan if unadapted is None else _rate_row(unadapted, 0.0, val_batch,
+                                                         has_query)["val_mse"]
+    return TuneResult(best=best, table=[rows[lr] for lr in sorted(rows)], edge=side,
+                      extended=sum(extended.values()), unadapted_mse=base)

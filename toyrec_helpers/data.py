@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from toyrec_helpers.schema import DataValidationError, Schema, TableSpec, read_schema
+from toyrec_helpers.schema import (
+    PURCHASE_VALUE,
+    DataValidationError,
+    Schema,
+    TableSpec,
+    read_schema,
+)
 
 
 @dataclass(frozen=True)
@@ -34,13 +40,24 @@ class Dataset:
         in the package. Feature columns are typed (``numeric`` as float, ``date`` as
         datetime64, the others as strings).
     ratings : pandas.DataFrame
-        The ratings file with typed columns, in file order.
+        The ratings (or purchases) file with typed columns, in file order.
     interactions : pandas.DataFrame
         The ratings as integer indices: columns ``user``, ``item`` (row indices into
         ``users`` / ``items``), ``rating`` (float32) and, when the data has timestamps,
-        ``timestamp``; sorted by user, then time (ties keep file order).
+        ``timestamp``; sorted by user, then time (ties keep file order). In a purchase log
+        each (user, item) pair appears once, at its first purchase, with ``rating`` 1 (the
+        implicit rating :data:`~toyrec_helpers.schema.PURCHASE_VALUE`) and a column
+        ``count``, the number of times the pair was bought.
     has_timestamp : bool
         Whether the ratings carry timestamps.
+    kind : {"ratings", "purchases"}
+        What the schema declares (:attr:`~toyrec_helpers.schema.Schema.kind`).
+    repeat_purchases : int
+        Purchase-log rows that repeat an earlier purchase of the same pair (kept in
+        ``ratings``, counted in ``interactions["count"]``, not separate interactions).
+    constant_rating : float or None
+        The one value of a rated file whose ratings are all equal (then
+        :attr:`has_ratings` is false), else ``None``.
 
     Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
     """
@@ -52,6 +69,34 @@ class Dataset:
     ratings: pd.DataFrame
     interactions: pd.DataFrame
     has_timestamp: bool
+    kind: str = "ratings"
+    repeat_purchases: int = 0
+    constant_rating: float | None = None
+
+    @property
+    def has_ratings(self) -> bool:
+        """Whether the ratings carry information: rated data whose ratings are not all
+        equal. ``False`` for a purchase log and for a constant rating column; evaluation
+        then treats the data as a purchase log (ranking methods and metrics only).
+
+        Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+        """
+        return self.kind == "ratings" and self.constant_rating is None
+
+    def kind_description(self) -> str:
+        """One line saying which kind of data this is, as ``validate-data`` prints it.
+
+        Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+        """
+        if self.kind == "purchases":
+            return (f"purchase log (no ratings; {len(self.ratings)} purchases, "
+                    f"{self.repeat_purchases} of them repeats of an earlier purchase of the "
+                    "same toy: models see each pair once, at its first purchase)")
+        if self.constant_rating is not None:
+            return (f"ratings, all equal to {self.constant_rating:g}: evaluated as a "
+                    "purchase log (ranking methods only, no MAE)")
+        s = self.schema
+        return f"ratings (from {s.rating_min:g} to {s.rating_max:g})"
 
     @property
     def n_users(self) -> int:
@@ -74,19 +119,30 @@ class Dataset:
         """
         per_user = self.ratings_per_user()
         rated = self.interactions["rating"].to_numpy()
+        what = "purchases" if self.kind == "purchases" else "ratings"
         out: dict[str, object] = {
             "name": self.schema.name,
+            "kind": self.kind,
             "users": self.n_users,
             "items": self.n_items,
-            "ratings": len(self.interactions),
-            "ratings_per_user_min": int(per_user.min()) if len(per_user) else 0,
-            "ratings_per_user_median": float(np.median(per_user)) if len(per_user) else 0.0,
-            "ratings_per_user_max": int(per_user.max()) if len(per_user) else 0,
-            "users_without_ratings": int((per_user == 0).sum()),
-            "mean_rating": float(rated.mean()) if len(rated) else float("nan"),
-            "density": len(self.interactions) / max(1, self.n_users * self.n_items),
-            "has_timestamp": self.has_timestamp,
         }
+        if self.kind == "purchases":
+            out["purchases"] = len(self.ratings)
+            out["repeat_purchases"] = self.repeat_purchases
+            out["distinct_pairs"] = len(self.interactions)
+        else:
+            out["ratings"] = len(self.interactions)
+        one = "pairs" if self.kind == "purchases" else "ratings"
+        out.update({
+            f"{one}_per_user_min": int(per_user.min()) if len(per_user) else 0,
+            f"{one}_per_user_median": float(np.median(per_user)) if len(per_user) else 0.0,
+            f"{one}_per_user_max": int(per_user.max()) if len(per_user) else 0,
+            f"users_without_{what}": int((per_user == 0).sum()),
+        })
+        if self.kind == "ratings":
+            out["mean_rating"] = float(rated.mean()) if len(rated) else float("nan")
+        out["density"] = len(self.interactions) / max(1, self.n_users * self.n_items)
+        out["has_timestamp"] = self.has_timestamp
         if self.has_timestamp:
             ts = self.interactions["timestamp"]
             out["first_timestamp"] = str(ts.min())
@@ -204,14 +260,24 @@ def load_dataset(directory: str | Path | None = None) -> Dataset:
     ------
     DataValidationError
         Missing file or column, unparseable value, rating outside the scale, ratings naming
-        unknown users or items, duplicate (user, item) pairs, or an invalid schema. The
-        message names the file, row and column.
+        unknown users or items, duplicate (user, item) pairs in rated data, or an invalid
+        schema. The message names the file, row and column.
 
     Warns
     -----
     UserWarning
         When the ratings have no timestamp column: support and query sets are then drawn
-        at random per user (seeded) instead of in time order.
+        at random per user (seeded) instead of in time order. When every rating has the
+        same value: the ratings say nothing, and ``evaluate`` treats the data as a
+        purchase log.
+
+    Notes
+    -----
+    A purchase log (``"kind": "purchases"`` in the schema) has no rating column. A shopper
+    may buy the same toy more than once: the models see the pair once, at its first
+    purchase in time order (file order without timestamps), with the implicit rating 1;
+    ``interactions["count"]`` holds the number of purchases and
+    :attr:`Dataset.repeat_purchases` the number of repeat rows.
 
     Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
     """
@@ -227,7 +293,9 @@ def load_dataset(directory: str | Path | None = None) -> Dataset:
     items = _typed_table(directory, schema.items)
 
     rs = schema.ratings
-    ratings = _read_csv(directory, rs.file, [rs.user, rs.item, rs.rating])
+    purchases = schema.is_purchase_log
+    ratings = _read_csv(directory, rs.file,
+                        [rs.user, rs.item] + ([] if rs.rating is None else [rs.rating]))
     has_timestamp = rs.timestamp is not None and rs.timestamp in ratings.columns
     if not has_timestamp:
         warnings.warn(
@@ -237,20 +305,22 @@ def load_dataset(directory: str | Path | None = None) -> Dataset:
             stacklevel=2,
         )
 
-    expected = f"a rating from {schema.rating_min:g} to {schema.rating_max:g}"
-    if schema.rating_integer:
-        expected = f"an integer rating from {schema.rating_min:g} to {schema.rating_max:g}"
-    values = _parse_numbers(ratings[rs.rating], rs.file, rs.rating, expected)
-    bad = (values < schema.rating_min) | (values > schema.rating_max)
-    if schema.rating_integer:
-        bad |= values != np.round(values)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataValidationError(
-            f"{_where(rs.file, row, rs.rating)}: expected {expected}, "
-            f"got {ratings[rs.rating].iloc[row]!r}"
-        )
-    ratings[rs.rating] = values
+    constant = None
+    if rs.rating is None:
+        values = np.full(len(ratings), PURCHASE_VALUE)
+    else:
+        values = _rating_values(ratings, schema)
+        ratings[rs.rating] = values
+        if len(values) > 1 and values.min() == values.max():
+            constant = float(values[0])
+            warnings.warn(
+                f"{directory / rs.file}: every value of column {rs.rating!r} is "
+                f"{constant:g}, so the ratings carry no information; evaluate will treat "
+                "the data as a purchase log (ranking methods only, no MAE or other rating "
+                "metric; every query purchase is relevant)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     user_pos = pd.Index(users[schema.users.id]).get_indexer(ratings[rs.user])
     item_pos = pd.Index(items[schema.items.id]).get_indexer(ratings[rs.item])
@@ -263,7 +333,7 @@ def load_dataset(directory: str | Path | None = None) -> Dataset:
                 f"{other.file} ({len(unknown)} row(s) name unknown ids)"
             )
     pairs = pd.Series(user_pos.astype(np.int64) * len(items) + item_pos)
-    dup = np.flatnonzero(pairs.duplicated(keep=False).to_numpy())
+    dup = [] if purchases else np.flatnonzero(pairs.duplicated(keep=False).to_numpy())
     if len(dup):
         first = pairs.iloc[dup[0]]
         rows = dup[(pairs.iloc[dup] == first).to_numpy()]
@@ -286,8 +356,45 @@ def load_dataset(directory: str | Path | None = None) -> Dataset:
         inter["timestamp"] = ratings[rs.timestamp].to_numpy()
         sort_by.append("timestamp")
     inter = inter.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    repeats = 0
+    if purchases:
+        inter, repeats = _first_purchases(inter, len(items))
     return Dataset(path=directory, schema=schema, users=users, items=items, ratings=ratings,
-                   interactions=inter, has_timestamp=has_timestamp)
+                   interactions=inter, has_timestamp=has_timestamp, kind=schema.kind,
+                   repeat_purchases=repeats, constant_rating=constant)
+
+
+def _rating_values(ratings: pd.DataFrame, schema: Schema) -> np.ndarray:
+    """The rating column parsed and checked against the scale."""
+    rs = schema.ratings
+    assert rs.rating is not None
+    expected = f"a rating from {schema.rating_min:g} to {schema.rating_max:g}"
+    if schema.rating_integer:
+        expected = f"an integer rating from {schema.rating_min:g} to {schema.rating_max:g}"
+    values = _parse_numbers(ratings[rs.rating], rs.file, rs.rating, expected)
+    bad = (values < schema.rating_min) | (values > schema.rating_max)
+    if schema.rating_integer:
+        bad |= values != np.round(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(
+            f"{_where(rs.file, row, rs.rating)}: expected {expected}, "
+            f"got {ratings[rs.rating].iloc[row]!r}"
+        )
+    return values
+
+
+def _first_purchases(inter: pd.DataFrame, n_items: int) -> tuple[pd.DataFrame, int]:
+    """Each (user, item) pair of a sorted purchase log once, at its first purchase, with
+    the number of purchases in ``count``; and the number of repeat rows dropped."""
+    pairs = inter["user"].to_numpy() * n_items + inter["item"].to_numpy()
+    _, first, inverse, counts = np.unique(pairs, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    keep = np.zeros(len(inter), dtype=bool)
+    keep[first] = True  # np.unique's index is the first occurrence in the sorted order
+    out = inter[keep].reset_index(drop=True)
+    out["count"] = counts[inverse[keep]].astype(np.int64)
+    return out, int(len(inter) - keep.sum())
 
 
 def format_summary(summary: dict[str, object]) -> str:

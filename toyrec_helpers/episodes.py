@@ -338,3 +338,117 @@ def resolve_items(batch: EpisodeBatch, items: Items, n_items: int) -> torch.Tens
     if targets.dim() == 1:
         targets = targets.expand(n_tasks, -1)
     return targets
+
+
+def _user_histories(
+    interactions: pd.DataFrame, users: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's ratings in time order (seeded random order without timestamps):
+    ``(items, ratings, starts, ends, users)`` as in :func:`make_episodes`."""
+    user_col = interactions["user"].to_numpy()
+    items = interactions["item"].to_numpy(dtype=np.int64)
+    ratings = interactions["rating"].to_numpy(dtype=np.float32)
+    if "timestamp" not in interactions.columns:
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.random(len(user_col)), user_col))
+        user_col, items, ratings = user_col[order], items[order], ratings[order]
+    elif len(user_col) > 1 and (np.diff(user_col) < 0).any():
+        raise ValueError("interactions must be sorted by user (as Dataset.interactions is)")
+    users = np.asarray(users, dtype=np.int64)
+    starts = np.searchsorted(user_col, users, side="left")
+    ends = np.searchsorted(user_col, users, side="right")
+    return items, ratings, starts, ends, users
+
+
+class EpisodeSampler:
+    """Episodes drawn afresh from each user's whole history: a random point in time,
+    support = the ``K`` ratings before it, query = up to ``Q`` ratings after it.
+
+    Meta-training with fixed episodes (:func:`make_episodes`: the first ``K`` ratings and
+    the next ``Q``, the same every epoch) shows the outer loop one slice of each user;
+    a sampler shows it a new slice every epoch, and with a range of ``K`` it trains one
+    initialisation for every support size. For each user and draw: ``K`` is uniform on
+    ``k_range`` (capped so that at least ``min_query`` ratings follow), the cut point
+    ``t`` is uniform on ``K .. n - min_query`` (``n`` = the user's number of ratings),
+    support = ratings ``t-K .. t-1`` and query = ratings ``t .. t+Q-1``, in time order.
+
+    Calling the sampler with an epoch number gives that epoch's episodes, one per user,
+    from a ``numpy`` generator seeded with ``(seed, epoch)``: the same seed and epoch
+    always give the same episodes, whatever was drawn before.
+    :func:`toyrec_helpers.meta.meta_train` accepts a sampler in place of a fixed list.
+
+    Parameters
+    ----------
+    interactions : pandas.DataFrame
+        :attr:`toyrec_helpers.data.Dataset.interactions`.
+    users : numpy.ndarray
+        The users to draw from (e.g. ``split.train``).
+    k_range : int or (int, int)
+        Support size, or the inclusive range it is drawn from (e.g. ``(1, 10)``).
+    n_query : int
+        Most query ratings per episode ``Q``.
+    seed : int
+        Seed of the draws (and of the rating order when there are no timestamps).
+    min_query : int
+        Fewest query ratings an episode has; users with fewer than
+        ``min(k_range) + min_query`` ratings are skipped (:attr:`skipped_users`).
+
+    Introduced in chapter 5 (book/05_maml_outer_loop.ipynb).
+    """
+
+    def __init__(
+        self,
+        interactions: pd.DataFrame,
+        users: np.ndarray | Sequence[int],
+        k_range: int | tuple[int, int],
+        n_query: int = 10,
+        seed: int = 0,
+        min_query: int = 1,
+    ) -> None:
+        lo, hi = (k_range, k_range) if isinstance(k_range, (int, np.integer)) else k_range
+        lo, hi = int(lo), int(hi)
+        if lo < 1 or hi < lo:
+            raise ValueError(f"argument 'k_range': expected K >= 1 or (low, high) with "
+                             f"1 <= low <= high, got {k_range!r}")
+        if int(n_query) < 1 or int(min_query) < 1 or int(min_query) > int(n_query):
+            raise ValueError(f"arguments 'n_query', 'min_query': expected 1 <= min_query <= "
+                             f"n_query, got {n_query!r}, {min_query!r}")
+        self.k_range = (lo, hi)
+        self.n_query = int(n_query)
+        self.min_query = int(min_query)
+        self.seed = int(seed)
+        items, ratings, starts, ends, users = _user_histories(interactions, users, seed)
+        enough = (ends - starts) >= lo + self.min_query
+        self._items, self._ratings = items, ratings
+        self._starts, self._ends, self.users = starts[enough], ends[enough], users[enough]
+        self.skipped_users = users[~enough]
+        if len(self.users) == 0:
+            raise ValueError(f"no user has min(k_range) + min_query = {lo + self.min_query} "
+                             "ratings")
+
+    def __len__(self) -> int:
+        return int(len(self.users))
+
+    def sample(self, rng: np.random.Generator, per_user: int = 1) -> list[Episode]:
+        """``per_user`` episodes of every user (user-major order), drawn with ``rng``."""
+        n = np.repeat(self._ends - self._starts, per_user)
+        starts = np.repeat(self._starts, per_user)
+        users = np.repeat(self.users, per_user)
+        lo, hi = self.k_range
+        k = rng.integers(lo, hi + 1, size=len(n))
+        k = np.minimum(k, n - self.min_query)
+        cut = k + (rng.random(len(n)) * (n - self.min_query - k + 1)).astype(np.int64)
+        stop = np.minimum(cut + self.n_query, n)
+        it, rt = self._items, self._ratings
+        return [Episode(int(u), it[s + c - kk:s + c].copy(), rt[s + c - kk:s + c].copy(),
+                        it[s + c:s + e].copy(), rt[s + c:s + e].copy())
+                for u, s, kk, c, e in zip(users, starts, k, cut, stop, strict=True)]
+
+    def __call__(self, epoch: int) -> list[Episode]:
+        """The episodes of ``epoch``: one per user, seeded by ``(seed, epoch)``."""
+        return self.sample(np.random.default_rng([self.seed, 0, int(epoch)]))
+
+    def fixed(self, per_user: int = 1, draw: int = 0) -> list[Episode]:
+        """A fixed set of ``per_user`` episodes per user (e.g. for validation), seeded by
+        ``(seed, draw)``, a stream separate from the epochs' ``(seed, epoch)``)."""
+        return self.sample(np.random.default_rng([self.seed, 1, int(draw)]), per_user)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,7 +42,8 @@ from toyrec_helpers.episodes import Episode, EpisodeBatch, collate
 from toyrec_helpers.training import BestEpoch, make_optimizer
 
 __all__ = [
-    "GradSync", "MetaConfig", "MetaTrainResult", "adapt", "batch_fields", "init_inner_lrs",
+    "EpisodeSource", "GradSync", "MetaConfig", "MetaTrainResult", "adapt", "batch_fields",
+    "init_inner_lrs",
     "inner_loop", "inner_rates", "make_meta_optimizer", "meta_loss", "meta_loss_reference",
     "meta_step", "meta_train", "predict_adapted", "target_items"
 ]
@@ -93,6 +94,17 @@ class MetaTrainResult:
     config: MetaConfig
     seed: int = 0
 
+    @property
+    def epochs_run(self) -> int:
+        """Epochs of meta-training that ran (fewer than ``config.epochs`` when stopped
+        early)."""
+        return int(self.history[-1]["epoch"])
+
+
+EpisodeSource = list[Episode] | Callable[[int], Sequence[Episode]]
+"""Meta-training tasks: a fixed list of episodes (the same every epoch) or a sampler,
+``sampler(epoch) -> episodes`` (e.g. :class:`toyrec_helpers.episodes.EpisodeSampler`)."""
+
 
 def _val_metrics(
     model: nn.Module,
@@ -111,6 +123,18 @@ def _val_metrics(
     mse = ((pred - target) ** 2 * mask).sum(-1) / denom
     mae = ((pred - target).abs() * mask).sum(-1) / denom
     return float(mse.mean()), float(mae.mean())
+
+
+def _trim_support(batch: EpisodeBatch) -> EpisodeBatch:
+    """The batch without the support columns that are padding for every task."""
+    width = max(1, int(batch.support_mask.sum(1).max()))
+    if width >= batch.support_items.shape[1]:
+        return batch
+    return EpisodeBatch(users=batch.users, support_items=batch.support_items[:, :width],
+                        support_ratings=batch.support_ratings[:, :width],
+                        support_mask=batch.support_mask[:, :width],
+                        query_items=batch.query_items, query_ratings=batch.query_ratings,
+                        query_mask=batch.query_mask)
 
 
 def make_meta_optimizer(
@@ -225,7 +249,7 @@ def meta_step(
 
 def meta_train(
     model: nn.Module,
-    train_episodes: list[Episode],
+    train_episodes: EpisodeSource,
     val_episodes: list[Episode],
     config: MetaConfig,
     seed: int = 0,
@@ -239,7 +263,12 @@ def meta_train(
 ) -> MetaTrainResult:
     """Meta-train the initial parameters of ``model`` with MAML (and optionally Meta-SGD).
 
-    Each epoch shuffles the training users with a seeded ``torch.Generator``, cuts them
+    Each epoch takes the training episodes (a fixed list, or a fresh draw
+    ``train_episodes(epoch)`` from a sampler such as
+    :class:`~toyrec_helpers.episodes.EpisodeSampler`), shuffles them with a seeded
+    ``torch.Generator`` (sampled episodes are then grouped by support size, so that a
+    meta-batch holds tasks of similar K and little padding, and the meta-batches are
+    taken in random order), cuts them
     into meta-batches of ``config.meta_batch`` users (the last one may be smaller), and for
     each takes one Adam step (:func:`meta_step`) on ``loss_fn``. After each epoch the
     validation users are adapted on their support sets and scored on their query sets; the
@@ -254,9 +283,12 @@ def meta_train(
     ----------
     model : torch.nn.Module
         Model to meta-train (for example :class:`toyrec_helpers.models.FeatureRecommender`).
-    train_episodes, val_episodes : list of Episode
-        Meta-training and meta-validation tasks (``val_episodes`` may be empty: then no
-        validation, no early stopping, and the last epoch's parameters are returned).
+    train_episodes : list of Episode, or callable
+        Meta-training tasks: the same list every epoch, or ``train_episodes(epoch)``
+        (epochs 1, 2, ...) giving each epoch's episodes.
+    val_episodes : list of Episode
+        Meta-validation tasks, the same every epoch (may be empty: then no validation, no
+        early stopping, and the last epoch's parameters are returned).
     config : MetaConfig
         All settings.
     seed : int
@@ -287,7 +319,8 @@ def meta_train(
     """
     if not isinstance(config, MetaConfig):
         raise TypeError(f"argument 'config': expected MetaConfig, got {type(config).__name__}")
-    if len(train_episodes) == 0:
+    sampled = callable(train_episodes)
+    if not sampled and len(train_episodes) == 0:
         raise ValueError("argument 'train_episodes' is empty: meta-training needs tasks")
     if patience is not None:
         check_int(patience, "argument 'patience'", 1)
@@ -329,12 +362,27 @@ def meta_train(
     bar = tqdm(range(1, config.epochs + 1), desc="meta-train", disable=not progress)
     # Every training episode goes to the device once; meta-batches are selected there, and
     # the losses stay there until the epoch ends, so the loop never waits for the device.
-    all_tasks = collate(train_episodes).to(device)
+    all_tasks = None if sampled else collate(train_episodes).to(device)
     for epoch in bar:
-        order = torch.randperm(len(train_episodes), generator=generator).to(device)
+        if sampled:
+            episodes = list(train_episodes(epoch))
+            if not episodes:
+                raise ValueError(f"the episode sampler gave no episode for epoch {epoch}")
+            all_tasks = collate(episodes).to(device)
+        order = torch.randperm(len(all_tasks), generator=generator).to(device)
+        batches = [order[lo:lo + config.meta_batch]
+                   for lo in range(0, len(order), config.meta_batch)]
+        if sampled:  # meta-batches of similar support sizes, in random order: less padding
+            sizes_k = all_tasks.support_mask.sum(1)[order]
+            order = order[torch.sort(sizes_k, stable=True).indices]
+            batches = [order[lo:lo + config.meta_batch]
+                       for lo in range(0, len(order), config.meta_batch)]
+            shuffle = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [_trim_support(all_tasks.select(batches[i])) for i in shuffle]
+        else:
+            batches = [all_tasks.select(index) for index in batches]
         step_losses, sizes = [], []
-        for lo in range(0, len(order), config.meta_batch):
-            batch = all_tasks.select(order[lo:lo + config.meta_batch])
+        for batch in batches:
             step_losses.append(meta_step(model, params, optimizer, batch, config, inner_lrs,
                                          loss_fn=loss_fn, grad_sync=grad_sync))
             sizes.append(len(batch))

@@ -41,7 +41,7 @@ __all__ = [
     "parameter_names", "pool_lookup"
 ]
 
-PARAMETER_GROUPS = ("all", "head")
+PARAMETER_GROUPS = ("all", "head", "last")
 """The values :func:`parameter_names` accepts for ``which``."""
 
 
@@ -78,10 +78,13 @@ def parameter_names(model: nn.Module, which: str) -> list[str]:
         A model whose class defines ``decision_prefixes`` (the name prefixes of its
         decision layers), such as :class:`FeatureRecommender` or
         :class:`IdEmbeddingRecommender`.
-    which : {"all", "head"}
+    which : {"all", "head", "last"}
         ``"all"``: every parameter. ``"head"``: the decision layers only (``mlp.*`` of
         :class:`FeatureRecommender`, ``linear.*`` of :class:`IdEmbeddingRecommender`); the
-        representation (``embeddings.*`` or the id embeddings) is left out.
+        representation (``embeddings.*`` or the id embeddings) is left out. ``"last"``:
+        the final layer of the decision layers only (the last module, in parameter
+        order, whose parameters start with a decision prefix: ``mlp.4.*`` of the default
+        :class:`FeatureRecommender`), as ANIL adapts (Raghu et al., 2020).
 
     Returns
     -------
@@ -105,6 +108,9 @@ def parameter_names(model: nn.Module, which: str) -> list[str]:
         raise ValueError(
             f"{type(model).__name__} has no parameter starting with {tuple(prefixes)}"
         )
+    if which == "last":
+        last_module = head[-1].rsplit(".", 1)[0]
+        return [name for name in head if name.rsplit(".", 1)[0] == last_module]
     return head
 
 
@@ -445,8 +451,8 @@ class FeatureRecommender(nn.Module):
             parts.append(Numeric(f"{table}_numeric", table))
             n_lookups = len(features.categorical_names) + len(features.multi_names)
             width += n_lookups * embedding_dim + features.numeric.shape[1]
-        if width == 0:
-            raise ValueError("user_features and item_features have no columns at all")
+        # width 0 (ids and ratings only): the first layer sees an empty input, so the model
+        # predicts one learned rating for every pair, and adaptation moves it per user
         self.input_width = width
         layers: list[nn.Module] = []
         for h in hidden:

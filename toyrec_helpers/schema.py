@@ -19,7 +19,30 @@ ToyShop's column names and any shop's data in this format works. Example::
 
 Feature kinds: ``categorical`` (one value per row), ``multi`` (several values joined by
 ``separator``), ``numeric`` (a number), ``date`` (an ISO 8601 date), and ``text`` (shown to
-people, never fed to a model). Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+people, never fed to a model).
+
+Two kinds of data
+-----------------
+The top-level key ``"kind"`` says what the interactions file holds:
+
+* ``"ratings"`` (the default when the key is absent): each row is a rating; the ratings
+  block names a ``rating`` column and the top level a ``rating_scale``. A (user, item) pair
+  may appear once.
+* ``"purchases"``: a *purchase log*, each row one purchase, with no rating. The ratings
+  block names only ``file``, ``user``, ``item`` and (optionally) ``timestamp``; a
+  ``rating`` column or a ``rating_scale`` is an error. The same pair may appear several
+  times (repeat purchases): the models see each pair once, at its first purchase, and the
+  loader counts the repeats (:attr:`toyrec_helpers.data.Dataset.repeat_purchases`). Inside
+  the package a purchase is the implicit rating 1 on the scale 0 (not bought) to 1::
+
+    {"format_version": 1, "name": "ToyShop purchases", "kind": "purchases",
+     "users": {...}, "items": {...},
+     "ratings": {"file": "purchases.csv", "user": "user_id", "item": "item_id",
+                 "timestamp": "timestamp"}}
+
+A rated file whose ratings are all equal is accepted with a warning and evaluated as a
+purchase log (see :func:`toyrec_helpers.data.load_dataset`). Introduced in chapter 1
+(book/01_cold_start_problem.ipynb).
 """
 
 from __future__ import annotations
@@ -30,7 +53,10 @@ from pathlib import Path
 from typing import Any
 
 FEATURE_KINDS = ("categorical", "multi", "numeric", "date", "text")
+DATA_KINDS = ("ratings", "purchases")
 SCHEMA_FILE = "schema.json"
+PURCHASE_VALUE = 1.0
+"""The implicit rating of a purchase in a purchase log (the scale runs from 0 to 1)."""
 
 
 class DataValidationError(ValueError):
@@ -71,13 +97,14 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class RatingsSpec:
-    """The ratings table: file and the names of its user, item, rating, timestamp columns
-    (introduced in chapter 1, book/01_cold_start_problem.ipynb)."""
+    """The interactions table: file and the names of its user, item, rating, timestamp
+    columns; ``rating`` is ``None`` in a purchase log (introduced in chapter 1,
+    book/01_cold_start_problem.ipynb)."""
 
     file: str
     user: str
     item: str
-    rating: str
+    rating: str | None
     timestamp: str | None
 
 
@@ -96,6 +123,12 @@ class Schema:
     items: TableSpec
     ratings: RatingsSpec
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    kind: str = "ratings"
+
+    @property
+    def is_purchase_log(self) -> bool:
+        """Whether the schema declares a purchase log (``"kind": "purchases"``)."""
+        return self.kind == "purchases"
 
 
 def _require(obj: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -154,18 +187,39 @@ def parse_schema(raw: dict[str, Any]) -> Schema:
     Raises
     ------
     DataValidationError
-        If a key is missing, has the wrong type, or a feature kind is unknown.
+        If a key is missing, has the wrong type, a feature kind or the data kind is
+        unknown, or a purchase log names a rating column or scale.
 
     Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
     """
     if not isinstance(raw, dict):
         raise DataValidationError(f"{SCHEMA_FILE}: the top level should be a JSON object")
-    scale = _require(raw, "rating_scale", "the top level", dict)
-    lo = _require(scale, "min", "rating_scale", (int, float))
-    hi = _require(scale, "max", "rating_scale", (int, float))
-    if not lo < hi:
-        raise DataValidationError(f"{SCHEMA_FILE}: rating_scale.min ({lo}) must be < max ({hi})")
+    kind = raw.get("kind", "ratings")
+    if kind not in DATA_KINDS:
+        raise DataValidationError(f"{SCHEMA_FILE}: kind should be one of "
+                                  f"{', '.join(map(repr, DATA_KINDS))}, got {kind!r}")
     ratings = _require(raw, "ratings", "the top level", dict)
+    if kind == "purchases":
+        for key, where in (("rating_scale", raw), ("rating", ratings)):
+            if key in where:
+                raise DataValidationError(
+                    f"{SCHEMA_FILE}: kind 'purchases' declares a purchase log, which has no "
+                    f"ratings; remove {'ratings.' if where is ratings else ''}{key}, or set "
+                    "kind to 'ratings'")
+        lo, hi, integer, rating = 0.0, PURCHASE_VALUE, True, None
+    else:
+        scale = _require(raw, "rating_scale", "the top level", dict)
+        lo = _require(scale, "min", "rating_scale", (int, float))
+        hi = _require(scale, "max", "rating_scale", (int, float))
+        if not lo < hi:
+            raise DataValidationError(
+                f"{SCHEMA_FILE}: rating_scale.min ({lo}) must be < max ({hi})")
+        if "rating" not in ratings:
+            raise DataValidationError(
+                f"{SCHEMA_FILE}: ratings is missing the key 'rating'; a data set without "
+                "ratings is a purchase log: declare it with \"kind\": \"purchases\"")
+        integer, rating = bool(scale.get("integer", False)), _require(
+            ratings, "rating", "ratings", str)
     timestamp = ratings.get("timestamp")
     if timestamp is not None and not isinstance(timestamp, str):
         raise DataValidationError(f"{SCHEMA_FILE}: ratings.timestamp should be a column name")
@@ -173,17 +227,18 @@ def parse_schema(raw: dict[str, Any]) -> Schema:
         name=str(raw.get("name", "unnamed")),
         rating_min=float(lo),
         rating_max=float(hi),
-        rating_integer=bool(scale.get("integer", False)),
+        rating_integer=integer,
         users=_table(raw, "users"),
         items=_table(raw, "items"),
         ratings=RatingsSpec(
             file=_require(ratings, "file", "ratings", str),
             user=_require(ratings, "user", "ratings", str),
             item=_require(ratings, "item", "ratings", str),
-            rating=_require(ratings, "rating", "ratings", str),
+            rating=rating,
             timestamp=timestamp,
         ),
         raw=raw,
+        kind=kind,
     )
 
 

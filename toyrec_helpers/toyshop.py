@@ -483,6 +483,8 @@ TOYSHOP_SHA256 = {
     "ratings.csv": "1e55ffab73ba40b22bc7d170a541dfc7642796b87c39229f2f26e94503813a4e",
     "schema.json": "ab7603fda814da910fa6e840bba52e31ec70950663b60d3a42a574cc1a070f69",
     "users.csv": "69f0e96eaac5f5569b29667aab2f8d583a637ed081bb7358f0a557ecdbc0fe4c",
+    # the missing-at-random ratings of chapter 8 (toyrec_helpers.toyshop_exposure)
+    "random_exposure.csv": "d3cd81c37c4c36ee2e315d8b9ab866b30c2b30845d33ce612250597fef2a03e1",
 }
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "toyshop"
 
@@ -523,17 +525,23 @@ def toyshop_dir(cache_dir: str | Path | None = None) -> Path:
     """
     if cache_dir is None and (REPO_DATA_DIR / "schema.json").is_file():
         return REPO_DATA_DIR
+    # the random-exposure ratings (chapter 8) are written next to the shop's files
+    from toyrec_helpers.toyshop_exposure import write_random_exposure
+
+    expected = TOYSHOP_SHA256
     target = Path(cache_dir or default_cache_dir()) / f"toyshop-v{GENERATOR_VERSION}"
-    if target.is_dir() and file_sha256(target) == TOYSHOP_SHA256:
+    if target.is_dir() and file_sha256(target) == expected:
         return target
     if target.exists() and not _is_generated_dir(target):
         raise FileExistsError(
             f"{target}: exists and is not a generated ToyShop directory; refusing to replace it"
         )
-    write_toyshop(generate_toyshop(ToyShopConfig()), target, overwrite=True)
+    shop = generate_toyshop(ToyShopConfig())
+    write_toyshop(shop, target, overwrite=True)
+    write_random_exposure(shop, target, overwrite=True)
     sums = file_sha256(target)
-    if sums != TOYSHOP_SHA256:
-        bad = sorted(k for k in TOYSHOP_SHA256 if sums.get(k) != TOYSHOP_SHA256[k])
+    if sums != expected:
+        bad = sorted(k for k in expected if sums.get(k) != expected[k])
         raise RuntimeError(
             f"{target}: regenerated ToyShop differs from the recorded checksums in {bad}; "
             "please report the numpy and pandas versions in use"

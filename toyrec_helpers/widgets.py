@@ -1,5 +1,9 @@
 """The "you are a new shopper" demo: plain functions, and a thin ipywidgets front end.
 
+:func:`combined_for_new_shopper` ranks with chapter 8's combined ranker ("will choose and
+will like") and says what each of the shopper's choices changed; :func:`build_demo` uses
+it when given a choice model (``choice=``).
+
 Everything the demo computes lives in plain functions (:func:`recommend_for_new_shopper`,
 :func:`explain_change`, ...), tested without a browser; :func:`build_demo` only wires them to
 widgets. Column names come from the data set's schema, so the demo works on any shop.
@@ -265,6 +269,76 @@ def explain_change(
     return "; ".join(parts) + "."
 
 
+@dataclass(frozen=True)
+class ChoiceSteps:
+    """A new shopper's catalogue ranked by "will choose and will like" after each choice.
+
+    Attributes
+    ----------
+    scores : list of numpy.ndarray
+        ``log P(choose) + log P(r >= 4)`` of every item after 0, 1, ..., n choices.
+    tops : list of numpy.ndarray
+        The ``k`` best items not chosen, best first, after 0, 1, ..., n choices.
+    lines : list of str
+        What each choice changed in the top list (one line per choice).
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+
+    scores: list[np.ndarray]
+    tops: list[np.ndarray]
+    lines: list[str]
+
+
+def combined_for_new_shopper(
+    dataset: Dataset, choice_model: Any, choice_params: Mapping[str, torch.Tensor],
+    user_x: torch.Tensor, chosen: list[int], predicted: np.ndarray, sigma: float,
+    steps: int, lr: float, k: int = 10, threshold: float = 4.0,
+) -> ChoiceSteps:
+    """Rank with the combined ranker (chapter 8) after each of a new shopper's choices.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        For the item table (what changed is told by its first categorical column).
+    choice_model, choice_params, steps, lr
+        A :class:`~toyrec_helpers.choice.ChoiceModel`, its (meta-learned) parameters and
+        its inner loop.
+    user_x : torch.Tensor
+        The shopper's dense features (:func:`toyrec_helpers.choice.dense_features` of
+        :func:`encode_new_user`'s row).
+    chosen : list of int
+        The toys the shopper chose, in order.
+    predicted : numpy.ndarray
+        ``[n_items]`` predicted ratings from a rating model adapted to the shopper (e.g.
+        :attr:`NewShopperResult.after`).
+    sigma : float
+        Spread of a rating around its prediction.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    from toyrec_helpers.choice import new_shopper_log_probs
+    from toyrec_helpers.choice_rankers import like_probability
+
+    if not chosen:
+        raise ValueError("chosen: choose at least one toy")
+    like = like_probability(torch.as_tensor(np.asarray(predicted, dtype=np.float64)), sigma,
+                            threshold).clamp_min(1e-12).log().numpy()
+    exclude = np.asarray(chosen, dtype=np.int64)
+    scores, tops, lines = [], [], []
+    explain_by = _first_categorical(dataset)
+    title = dataset.schema.items.title or dataset.schema.items.id
+    for j in range(len(chosen) + 1):
+        score = new_shopper_log_probs(choice_model, choice_params, user_x, chosen[:j], steps,
+                                      lr) + like
+        scores.append(score)
+        tops.append(top_k(score, exclude, k))
+        if j:
+            change = explain_change(dataset.items, explain_by, tops[j - 1], tops[j])
+            lines.append(f"after choosing {dataset.items[title].iloc[chosen[j - 1]]}: {change}")
+    return ChoiceSteps(scores, tops, lines)
+
+
 def top_table(
     dataset: Dataset, indices: np.ndarray, scores: np.ndarray, columns: list[str] | None = None
 ) -> pd.DataFrame:
@@ -293,12 +367,16 @@ def build_demo(
     inner_lrs: Mapping[str, torch.Tensor] | None = None,
     n_items: int = 8,
     k: int = 10,
+    choice: Mapping[str, Any] | None = None,
 ) -> Any:
     """The interactive demo: choose attributes, rate a handful of toys, press *Adapt*.
 
     Shows the top-``k`` before and after adaptation side by side and one line on what
-    changed. Requires ``ipywidgets``; returns the widget (display it as a cell's last
-    expression).
+    changed. With ``choice`` (keys ``model``, ``params``, ``steps``, ``lr``, ``sigma``:
+    a choice model, chapter 8) the list after adaptation ranks by "will choose and will
+    like" (:func:`combined_for_new_shopper`), the toys shown counting as chosen in order,
+    and the message says what each choice changed. Requires ``ipywidgets``; returns the
+    widget (display it as a cell's last expression).
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -349,9 +427,20 @@ def build_demo(
             model, params, config, user_features, item_features, new_user,
             {i: s.value for i, s in sliders.items()}, inner_lrs=inner_lrs, k=k,
         )  # fmt: skip
+        top_after, after, heading_after = result.top_after, result.after, "After adaptation"
+        steps = None
+        if choice is not None:
+            from toyrec_helpers.choice import dense_features
+
+            steps = combined_for_new_shopper(
+                dataset, choice["model"], choice["params"], dense_features(new_user)[0],
+                list(sliders), result.after, choice["sigma"], choice["steps"], choice["lr"],
+                k=k)
+            top_after, after = steps.tops[-1], steps.scores[-1]
+            heading_after = "Will choose and will like"
         for out, top, scores, heading in (
             (before_out, result.top_before, result.before, "Before adaptation"),
-            (after_out, result.top_after, result.after, "After adaptation"),
+            (after_out, top_after, after, heading_after),
         ):
             out.clear_output()
             with out:
@@ -359,7 +448,7 @@ def build_demo(
                 print(top_table(dataset, top, scores).to_string())
         message.value = explain_change(
             dataset.items, explain_by, result.top_before, result.top_after
-        )
+        ) if steps is None else "<br>".join(steps.lines)
 
     button.on_click(on_click)
     return widgets.VBox(

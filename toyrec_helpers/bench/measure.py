@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from toyrec_helpers.accel import sparse_meta_loss, sparse_predict_adapted
-from toyrec_helpers.bench.problem import ORDERS
+from toyrec_helpers.bench.problem import ORDERS, BenchSizes, make_hybrid
 from toyrec_helpers.episodes import EpisodeBatch
 from toyrec_helpers.meta import (
     MetaConfig,
@@ -33,6 +33,7 @@ from toyrec_helpers.meta import (
 from toyrec_helpers.models import FeatureRecommender
 
 __all__ = [
+    "hybrid_latency",
     "CompileTimeout", "cpu_peak_bytes", "device_name", "error_text", "gradient_checks", "latency",
     "loss_function", "make_step", "peak_mb", "percentile", "sync", "time_limit"
 ]
@@ -256,3 +257,38 @@ def latency(
         else:
             result["dense"] = stats
     return result
+
+
+def hybrid_latency(sizes: BenchSizes | str, inner_steps: int, repeats: int,
+                   seed: int = 0) -> dict[str, Any]:
+    """p50/p99 ms of serving one new shopper with the hybrid model (CPU): adapt its
+    shopper part on ``LATENCY_K`` support ratings and score every item
+    (:meth:`~toyrec_helpers.hybrid.HybridServer.recommend`, the shopper's profile cached);
+    ``profile`` is the once-per-shopper cost of their unadapted scores
+    (:meth:`~toyrec_helpers.hybrid.HybridServer.profile`) and ``item_side_ms`` the
+    one-off cost of caching the item side.
+
+    Introduced in chapter 7 (book/07_real_ratings.ipynb).
+    """
+    from toyrec_helpers.hybrid import HybridServer
+
+    model, support, ratings = make_hybrid(sizes, seed)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    start = time.perf_counter()
+    server = HybridServer(model, params, steps=inner_steps, lr=0.05)
+    item_side_ms = (time.perf_counter() - start) * 1e3
+    times, profile = [], []
+    for i in range(repeats + min(5, repeats)):
+        user = i % model.n_users
+        start = time.perf_counter()
+        server.profile(user)  # once per shopper, before their first rating
+        middle = time.perf_counter()
+        server.recommend(user, support, ratings)
+        if i >= min(5, repeats):  # warm-up excluded
+            profile.append((middle - start) * 1e3)
+            times.append((time.perf_counter() - middle) * 1e3)
+    return {"path": f"hybrid.HybridServer, adapt='head', K={len(support)}, {inner_steps} "
+                    f"inner steps, items='all' ({model.n_items})",
+            "repeats": repeats, "p50": percentile(times, 50), "p99": percentile(times, 99),
+            "profile": {"p50": percentile(profile, 50), "p99": percentile(profile, 99)},
+            "item_side_ms": item_side_ms, "threads": torch.get_num_threads()}

@@ -17,9 +17,11 @@ import torch
 from toyrec_helpers.checks import check_choice, check_int
 from toyrec_helpers.episodes import Episode, EpisodeBatch, collate
 from toyrec_helpers.features import EncodedFeatures
+from toyrec_helpers.hybrid import HybridRecommender
 from toyrec_helpers.models import FeatureRecommender
 
-__all__ = ["ADAPTS", "IMPLS", "LATENCY_K", "ORDERS", "SIZES", "BenchSizes", "make_problem"]
+__all__ = ["ADAPTS", "IMPLS", "LATENCY_K", "ORDERS", "SIZES", "BenchSizes", "make_hybrid",
+           "make_problem"]
 
 IMPLS = ("loop", "vmap", "compiled")
 """Implementations of the meta-loss: per-task loop, ``vmap``, ``torch.compile`` of vmap."""
@@ -181,3 +183,36 @@ def make_problem(
     batch = collate([episode(sizes.support, sizes.query) for _ in range(meta_batch)])
     shopper = collate([episode(min(LATENCY_K, sizes.support), sizes.query)])
     return model, batch, shopper
+
+
+def make_hybrid(
+    sizes: BenchSizes | str, seed: int = 0
+) -> tuple[HybridRecommender, torch.Tensor, torch.Tensor]:
+    """A synthetic hybrid model (:class:`~toyrec_helpers.hybrid.HybridRecommender`) of the
+    given sizes, with random rating counts per item, and one new shopper's support set.
+
+    Returns
+    -------
+    model : HybridRecommender
+        float32, on the CPU (``identity_dim = embedding_dim``).
+    support_items, support_ratings : torch.Tensor
+        ``LATENCY_K`` distinct items and their ratings (1..5).
+
+    Introduced in chapter 7 (book/07_real_ratings.ipynb).
+    """
+    if isinstance(sizes, str):
+        sizes = SIZES[check_choice(sizes, "argument 'sizes'", tuple(sorted(SIZES)))]
+    gen = torch.Generator().manual_seed(seed)
+    users = _features(sizes.n_users, sizes.user_categorical, sizes.user_multi,
+                      sizes.user_numeric, "user", gen)
+    items = _features(sizes.n_items, sizes.item_categorical, sizes.item_multi,
+                      sizes.item_numeric, "item", gen)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = HybridRecommender(users, items, rng.poisson(20.0, sizes.n_items),
+                              embedding_dim=sizes.embedding_dim, hidden=sizes.hidden,
+                              identity_dim=sizes.embedding_dim)
+    k = min(LATENCY_K, sizes.n_items)
+    support = torch.from_numpy(rng.choice(sizes.n_items, size=k, replace=False).astype(np.int64))
+    ratings = torch.from_numpy(rng.integers(1, 6, k).astype(np.float32))
+    return model, support, ratings

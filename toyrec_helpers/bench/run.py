@@ -24,6 +24,7 @@ from toyrec_helpers.bench.measure import (
     device_name,
     error_text,
     gradient_checks,
+    hybrid_latency,
     latency,
     loss_function,
     make_step,
@@ -181,7 +182,8 @@ def run_bench(
         ``device``, ``torch``, ``threads``, ``date``, ``meta_batch``, ``sizes``,
         ``results`` (one row per configuration: ``impl``, ``order``, ``adapt``,
         ``tasks_per_s``, ``peak_mem_mb``, ``compile_s``, ``error``, and the raw step
-        times), ``adapt_latency_ms`` (``p50``, ``p99`` and the dense path's), ``checks``,
+        times), ``adapt_latency_ms`` (``p50``, ``p99`` and the dense path's; on CPU also
+        ``hybrid``, the hybrid model's cached path of chapter 7), ``checks``,
         ``summary`` (speed-ups and memory ratios against the loop) and the settings.
 
     Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
@@ -360,6 +362,9 @@ def _run(
         result["adapt_latency_ms"] = latency(model, base, shopper, sizes.inner_steps,
                                               st.latency_repeats, device, autocast)
         result["adapt_latency_ms"]["threads"] = torch.get_num_threads()
+        if device.type == "cpu":  # the hybrid model's cached serving path (chapter 7)
+            result["adapt_latency_ms"]["hybrid"] = hybrid_latency(
+                sizes, sizes.inner_steps, st.latency_repeats)
     finally:
         torch.set_num_threads(threads)
     say(f"bench: one new shopper p50 {result['adapt_latency_ms'].get('p50')} ms")
@@ -441,5 +446,11 @@ def format_results(result: dict[str, Any]) -> str:
         f"p99 {num(lat.get('p99'), '.2f')} ms (dense path: p50 "
         f"{num(dense.get('p50'), '.2f')} ms, p99 {num(dense.get('p99'), '.2f')} ms)"
     )
+    hyb = lat.get("hybrid") or {}
+    if hyb:
+        prof = hyb.get("profile", {})
+        lines.append(f"hybrid model, one new shopper (adapt + score, profile cached): p50 "
+                     f"{num(hyb.get('p50'), '.2f')} ms, p99 {num(hyb.get('p99'), '.2f')} ms; "
+                     f"profile once per shopper: p50 {num(prof.get('p50'), '.2f')} ms")
     lines.append(f"checks (relative max gradient difference): {result['checks']}")
     return "\n".join(lines)

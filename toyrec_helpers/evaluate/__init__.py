@@ -10,9 +10,14 @@ The protocol (every setting lives in one frozen :class:`EvalConfig`, written int
    meta-train shoppers only (:func:`toyrec_helpers.features.encode_dataset`).
 2. **Training data.** Everything that is *trained* (the global model, the article model,
    item popularity) sees the ratings of meta-train shoppers only
-   (:attr:`EvalData.train_interactions` holds nothing else). Meta-training episodes
-   (``K=5, Q=10``) come from meta-train shoppers; meta-validation episodes (``K=5, Q=10``)
-   tune inner learning rates and pick the best meta-training epoch.
+   (:attr:`EvalData.train_interactions` holds nothing else). Meta-training episodes are
+   drawn afresh every epoch from each meta-train shopper's whole history
+   (:class:`~toyrec_helpers.episodes.EpisodeSampler`: a random point in time, support =
+   the K ratings before it with K uniform on ``min(ks)..max(ks)``, query = up to
+   ``Q = 10`` after it), so one meta-learned model serves every K. Meta-validation
+   episodes, four per meta-validation shopper drawn the same way once, tune inner
+   learning rates and pick the best meta-training epoch (``outer.resample=False`` gives
+   the fixed ``K=5, Q=10`` first-ratings episodes of chapter 5 instead).
 3. **Meta-test episodes.** For each meta-test shopper, in time order: the *support set*
    at shot ``K`` is their first ``K`` ratings (``K`` in ``ks``, default 1, 3, 5, 10); the
    *query set* is every rating after their first ``max(ks)`` ratings, **the same query
@@ -31,22 +36,27 @@ The protocol (every setting lives in one frozen :class:`EvalConfig`, written int
    ``article`` (:func:`~toyrec_helpers.baselines.fit_article`, per-user Adam steps),
    ``finetune`` (the global model plus ``inner.steps`` SGD steps on the support set),
    ``fomaml``, ``maml`` (second order), ``metasgd`` (Meta-SGD, one learned rate per
-   parameter tensor, initialised at the tuned rate), ``maml_head`` (MAML adapting the
-   decision layers only) and ``oracle`` (the ToyShop answer key, only for data made by
-   the generator). Meta-learned methods start from that seed's global-model parameters
-   and train with ``MetaConfig(inner_steps=5, inner_lr=<tuned>, meta_batch=32,
+   parameter tensor, initialised at the tuned rate), ``maml_local`` (MAML adapting the
+   decision layers only, MeLU's local layers), ``anil`` (MAML adapting the final linear
+   layer only) and ``oracle`` (the ToyShop answer key, only for data made by the
+   generator). Meta-learned methods start from that seed's global-model parameters and
+   train with ``MetaConfig(inner_steps=5, inner_lr=<tuned>, meta_batch=32,
    outer_lr=1e-3, epochs=10)``, keeping the best meta-validation epoch (early stopping
-   with patience 3). Each method is one entry of a registry
+   with patience 3); the epochs run and kept are stored. Each method is one entry of a registry
    (:mod:`toyrec_helpers.evaluate.methods`): a new method is one fit function and one
    :func:`register_method` (or ``@method``) call.
 6. **Fair tuning budget.** Every adapted method gets the same procedure for its inner
-   learning rate: the grid ``inner.lr_grid`` (default
-   :data:`~toyrec_helpers.baselines.INNER_LR_GRID`), scored by the mean query MSE of the
-   meta-validation shoppers after adapting from the global model's parameters
-   (:func:`~toyrec_helpers.baselines.tune_rate`, one rule for all); ``finetune``,
-   ``fomaml``, ``maml`` and ``metasgd`` share the rate tuned for ``adapt="all"``,
-   ``maml_head`` gets its own (``adapt="head"``), and ``article`` its Adam rate from the
-   same grid by the same rule.
+   learning rate: the log-spaced grid ``inner.lr_grid`` (default
+   :data:`~toyrec_helpers.baselines.BRACKETED_LR_GRID`, 1e-4 to 0.3), scored by the mean
+   query MSE of the meta-validation episodes after adapting from the global model's
+   parameters (:func:`~toyrec_helpers.baselines.tune_rate_bracketed`, one rule for all).
+   When the best rate lies at an edge, the grid is extended on that side (up to
+   ``inner.lr_extend`` rates); a rate still at an edge is flagged (``lr_edge`` in the
+   fits and the JSON, a warning in the command line), and so is a method whose
+   validation error after adapting exceeds its error without adapting
+   (``worse_than_unadapted``). ``finetune``, ``fomaml``, ``maml`` and ``metasgd`` share
+   the rate tuned for ``adapt="all"``, ``maml_local`` and ``anil`` get their own
+   (``adapt="head"``, ``"last"``), and ``article`` its Adam rate by the same rule.
 7. **Seeds.** Each training seed (default 0, 1, 2) changes model initialisation and the
    order of minibatches and meta-batches. Each method is trained once per seed and then
    evaluated at every K. ``popularity``, ``popularity_count`` and ``oracle`` do not depend
@@ -67,8 +77,15 @@ The protocol (every setting lives in one frozen :class:`EvalConfig`, written int
    ``ci_method="pooled"`` resamples shoppers independently within each seed
    (:func:`~toyrec_helpers.metrics.bootstrap_ci_pooled`), which treats the seeds as
    different shoppers and gives intervals up to ``sqrt(len(seeds))`` times too narrow.
-   Neither interval includes seed-to-seed variation; :meth:`EvalResult.per_user` gives
-   the values to look at it.
+   Neither interval includes seed-to-seed variation: the summary's ``seed_sd`` is the
+   standard deviation over seeds of the mean over shoppers.
+10. **Paired differences.** :meth:`EvalResult.paired` (the JSON's ``paired`` list): for
+   every K and metric, each method minus ``finetune``, minus ``global`` and minus
+   ``popularity`` (rating metrics) or ``popularity_count`` (ranking metrics), the mean
+   over shoppers of the per-shopper difference (each shopper's mean over seeds) with its
+   95% bootstrap interval (:mod:`toyrec_helpers.evaluate.paired`). Every per-shopper
+   value is stored next to the JSON in ``<name>.per_shopper.npz``, which the JSON names
+   with its SHA-256 (:func:`~toyrec_helpers.evaluate.paired.read_per_shopper`).
 """
 
 from toyrec_helpers.evaluate import builtin  # importing it registers the built-in methods
@@ -106,6 +123,10 @@ METHODS: tuple[str, ...] = builtin.METHODS
 """The built-in method names, in table order (:func:`method_names` also lists methods
 registered later)."""
 
+import toyrec_helpers.evaluate.methods_beyond  # noqa: E402, F401 (chapter 9's methods)
+import toyrec_helpers.evaluate.methods_hybrid  # noqa: E402, F401 (chapter 7's methods)
+from toyrec_helpers.evaluate import methods_choice  # noqa: E402, F401 (chapter 8's methods)
+
 __all__ = [
     "METHODS", "METRICS", "PROTOCOL_NAME", "PROTOCOL_VERSION", "RATING_METRICS", "ArticleSettings",
     "EvalConfig", "EvalData", "EvalResult", "InnerSettings", "MethodFit", "MethodSpec",
@@ -113,3 +134,4 @@ __all__ = [
     "fit_method", "fit_methods", "format_table", "get_method", "method", "method_names", "prepare",
     "register_method", "resolve_methods", "score_recommender", "unregister_method"
 ]
+from toyrec_helpers.evaluate import methods_ceiling  # noqa: E402, F401 (the K-shot ceiling bayes)

@@ -1,8 +1,8 @@
-"""The ten built-in methods of the protocol, each one fit function and one registry entry.
+"""The eleven built-in methods of the protocol, each one fit function and one registry entry.
 
 Registered in table order: ``popularity``, ``popularity_count``, ``global``, ``article``,
-``finetune``, ``fomaml``, ``maml``, ``metasgd``, ``maml_head``, ``oracle`` (see the
-protocol statement in :mod:`toyrec_helpers.evaluate`).
+``finetune``, ``fomaml``, ``maml``, ``metasgd``, ``maml_local``, ``anil``, ``oracle`` (see
+the protocol statement in :mod:`toyrec_helpers.evaluate`).
 
 Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
 """
@@ -63,8 +63,10 @@ def _article(ctx: SeedContext) -> MethodFit:
         return ArticleRecommender(fitted.model, fitted.params, steps=a.steps, lr=lr,
                                   name="article")
 
-    lr = ctx.tune(with_rate, "article Adam rate")
-    return MethodFit(with_rate(lr), inner_lr=lr)
+    unadapted = ArticleRecommender(fitted.model, fitted.params, steps=0, lr=a.lr,
+                                   name="article")
+    lr = ctx.tune(with_rate, "article Adam rate", unadapted=unadapted)
+    return MethodFit(with_rate(lr), inner_lr=lr, tuning=ctx.tunings["article Adam rate"])
 
 
 @method("finetune", description="the global model plus SGD steps on the support set")
@@ -72,23 +74,26 @@ def _finetune(ctx: SeedContext) -> MethodFit:
     g, lr = ctx.global_fit(), ctx.inner_lr("all")
     rec = AdaptedModelRecommender(g.model, g.params, ctx.config.meta_config(lr),
                                   name="finetune")
-    return MethodFit(rec, inner_lr=lr)
+    return MethodFit(rec, inner_lr=lr, tuning=ctx.inner_tuning("all"))
 
 
 def _meta_learned(name: str, adapt: str, order: str, meta_sgd: str) -> FitFunction:
     """The fit function of a meta-learned method: MAML from the global model's
-    parameters, at the inner rate tuned for ``adapt``, keeping the best validation epoch."""
+    parameters, at the inner rate tuned for ``adapt``, on resampled episodes (or the
+    fixed ones with ``outer.resample=False``), keeping the best validation epoch."""
 
     def fit(ctx: SeedContext) -> MethodFit:
         d, c = ctx.data, ctx.config
         g, lr = ctx.global_fit(), ctx.inner_lr(adapt)
-        result = meta_train(g.model, d.train_episodes, d.val_episodes,
+        train = d.train_sampler(ctx.seed) if c.outer.resample else d.train_episodes
+        result = meta_train(g.model, train, d.val_episodes,
                             c.meta_config(lr, adapt=adapt, order=order, meta_sgd=meta_sgd),
                             seed=ctx.seed, progress=False, patience=c.outer.patience)
         rec = AdaptedModelRecommender(g.model, result.params, result.config,
                                       inner_lrs=result.inner_lrs, name=name)
         return MethodFit(rec, inner_lr=lr, best_epoch=result.best_epoch,
-                         stopped_early=result.stopped_early)
+                         stopped_early=result.stopped_early, tuning=ctx.inner_tuning(adapt),
+                         epochs_run=result.epochs_run, val_mse=result.best_val_mse)
 
     return fit
 
@@ -97,7 +102,9 @@ for _name, _adapt, _order, _meta_sgd, _text in (
     ("fomaml", "all", "first", "off", "first-order MAML"),
     ("maml", "all", "second", "off", "MAML, second order"),
     ("metasgd", "all", "second", "tensor", "Meta-SGD: one learned rate per tensor"),
-    ("maml_head", "head", "second", "off", "MAML adapting the decision layers only"),
+    ("maml_local", "head", "second", "off",
+     "MAML adapting the decision layers only (MeLU's local layers)"),
+    ("anil", "last", "second", "off", "MAML adapting the final linear layer only (ANIL)"),
 ):
     register_method(MethodSpec(_name, _meta_learned(_name, _adapt, _order, _meta_sgd),
                                description=_text))

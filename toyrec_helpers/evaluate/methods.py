@@ -33,8 +33,9 @@ from toyrec_helpers.baselines import (
     AdaptedModelRecommender,
     FittedBaseline,
     Recommender,
+    TuneResult,
     fit_global,
-    tune_rate,
+    tune_rate_bracketed,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,13 @@ class MethodFit:
         The kept meta-training epoch (-1 if not meta-trained).
     stopped_early : bool
         Whether meta-training stopped early.
+    tuning : TuneResult or None
+        How the rate was tuned (its bracket check and the unadapted validation error).
+    epochs_run : int
+        Meta-training epochs that ran (-1 if not meta-trained).
+    val_mse : float
+        Validation MSE of the fitted method (the kept meta-training epoch's, or the tuned
+        rate's; ``NaN`` if none).
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -70,6 +78,9 @@ class MethodFit:
     inner_lr: float = math.nan
     best_epoch: int = -1
     stopped_early: bool = False
+    tuning: TuneResult | None = None
+    epochs_run: int = -1
+    val_mse: float = math.nan
 
 
 FitFunction = Callable[["SeedContext"], "MethodFit | Recommender"]
@@ -82,9 +93,21 @@ def _answer_key(data: EvalData) -> str:
     return f"an answer key, and this data set has none ({data.answer_key_note})"
 
 
-NEEDS: dict[str, Callable[[EvalData], str]] = {"answer_key": _answer_key}
+def _ratings(data: EvalData) -> str:
+    d = data.dataset
+    if d.has_ratings:
+        return ""
+    why = ("it is a purchase log" if d.kind == "purchases"
+           else f"every rating is {d.constant_rating:g}, so it is treated as a purchase log")
+    return (f"ratings, and {d.path} has none ({why}); on a purchase log only ranking "
+            "methods run")
+
+
+NEEDS: dict[str, Callable[[EvalData], str]] = {"answer_key": _answer_key, "ratings": _ratings}
 """What a method may need from the data: need -> ``check(data)``, which returns why the
-data lacks it ("needs ...") or ``""`` when it is there."""
+data lacks it ("needs ...") or ``""`` when it is there. A method that predicts ratings
+always needs ``"ratings"`` (:meth:`MethodSpec.missing`); a ranking method trained on
+ratings declares it."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,9 @@ class MethodSpec:
         default a method is run only when the data has it.
     description : str
         One line for listings.
+    default : bool
+        Whether :func:`evaluate` runs it when no methods are named. ``False`` for options
+        that are run by name only (e.g. the hybrid model's variants, chapter 7).
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -118,6 +144,7 @@ class MethodSpec:
     seed_free: bool = False
     needs: tuple[str, ...] = ()
     description: str = ""
+    default: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or " " in self.name:
@@ -134,8 +161,12 @@ class MethodSpec:
         object.__setattr__(self, "needs", needs)
 
     def missing(self, data: EvalData) -> str:
-        """Why ``data`` cannot serve this method (``""`` when it can)."""
-        reasons = [NEEDS[need](data) for need in self.needs]
+        """Why ``data`` cannot serve this method (``""`` when it can). A method that
+        predicts ratings needs ratings, whether or not ``needs`` says so."""
+        needs = self.needs
+        if self.predicts_ratings and "ratings" not in needs:
+            needs = ("ratings", *needs)
+        reasons = [NEEDS[need](data) for need in needs]
         reasons = [r for r in reasons if r]
         return f"method {self.name!r} needs {'; '.join(reasons)}" if reasons else ""
 
@@ -173,7 +204,7 @@ def unregister_method(name: str) -> MethodSpec:
 
 def method(
     name: str, *, predicts_ratings: bool = True, seed_free: bool = False,
-    needs: Iterable[str] = (), description: str = "",
+    needs: Iterable[str] = (), description: str = "", default: bool = True,
 ) -> Callable[[FitFunction], FitFunction]:
     """Decorator: register the decorated fit function as method ``name``
     (see :class:`MethodSpec` for the arguments); the function is returned unchanged.
@@ -183,7 +214,7 @@ def method(
 
     def register(fit: FitFunction) -> FitFunction:
         register_method(MethodSpec(name, fit, predicts_ratings, seed_free, tuple(needs),
-                                   description))
+                                   description, default))
         return fit
 
     return register
@@ -210,15 +241,17 @@ def method_names() -> tuple[str, ...]:
 def resolve_methods(methods: Iterable[str] | None, data: EvalData) -> tuple[str, ...]:
     """The methods to run, in table order.
 
-    ``None`` = every registered method whose needs the data meets (``"oracle"`` only when
-    the data has an answer key). An unknown name, a repeated name, or a method whose needs
-    the data does not meet is a ``ValueError`` that lists what is possible.
+    ``None`` = every registered method marked ``default`` whose needs the data meets
+    (``"oracle"`` only when the data has an answer key). An unknown name, a repeated name,
+    or a method whose needs the data does not meet is a ``ValueError`` that lists what is
+    possible.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
     names = method_names()
     if methods is None:
-        return tuple(m for m in names if not _REGISTRY[m].missing(data))
+        return tuple(m for m in names
+                     if _REGISTRY[m].default and not _REGISTRY[m].missing(data))
     if isinstance(methods, str):
         methods = [methods]
     asked = list(methods)
@@ -268,6 +301,8 @@ class SeedContext:
         self.seed = int(seed)
         self._global: FittedBaseline | None = None
         self._lrs: dict[str, float] = {}
+        self.tunings: dict[str, TuneResult] = {}
+        """Every tuning of this seed by what was tuned (``what`` of :meth:`tune`)."""
 
     def global_fit(self) -> FittedBaseline:
         """The global feature model of this seed
@@ -280,22 +315,35 @@ class SeedContext:
                 batch_size=s.batch_size, seed=self.seed)
         return self._global
 
-    def tune(self, make: Callable[[float], Recommender], what: str = "inner learning rate"
-             ) -> float:
+    def tune(self, make: Callable[[float], Recommender], what: str = "inner learning rate",
+             unadapted: Recommender | None = None) -> float:
         """The rate of ``make(rate)`` chosen on the meta-validation shoppers from the
-        protocol's grid (:func:`~toyrec_helpers.baselines.tune_rate`): the one tuning
-        rule of every adapted method."""
-        best, _ = tune_rate(make, self.data.val_batch, self.config.inner.lr_grid, what)
-        return best
+        protocol's grid, extended when the best rate lies at an edge
+        (:func:`~toyrec_helpers.baselines.tune_rate_bracketed`): the one tuning rule of
+        every adapted method. The full result is kept in ``tunings[what]``."""
+        inner = self.config.inner
+        result = tune_rate_bracketed(make, self.data.val_batch, inner.lr_grid, what,
+                                     unadapted=unadapted, max_extend=inner.lr_extend)
+        self.tunings[what] = result
+        return result.best
 
     def inner_lr(self, adapt: str) -> float:
         """The SGD inner rate tuned from the global model's parameters, adapting ``adapt``
-        (``"all"`` or ``"head"``); shared by every method of the seed that adapts so."""
+        (``"all"``, ``"head"`` or ``"last"``); shared by every method of the seed that
+        adapts so (its :class:`~toyrec_helpers.baselines.TuneResult`:
+        :meth:`inner_tuning`)."""
         if adapt not in self._lrs:
             g = self.global_fit()
-            self._lrs[adapt] = self.tune(lambda lr: AdaptedModelRecommender(
-                g.model, g.params, self.config.meta_config(lr, adapt=adapt)))
+            self._lrs[adapt] = self.tune(
+                lambda lr: AdaptedModelRecommender(g.model, g.params,
+                                                   self.config.meta_config(lr, adapt=adapt)),
+                f"inner learning rate ({adapt})", unadapted=g.recommender)
         return self._lrs[adapt]
+
+    def inner_tuning(self, adapt: str) -> TuneResult:
+        """How :meth:`inner_lr` tuned the rate for ``adapt``."""
+        self.inner_lr(adapt)
+        return self.tunings[f"inner learning rate ({adapt})"]
 
 
 def fit_method(name: str, ctx: SeedContext) -> tuple[Recommender, dict[str, Any]]:
@@ -305,7 +353,11 @@ def fit_method(name: str, ctx: SeedContext) -> tuple[Recommender, dict[str, Any]
     -------
     recommender : Recommender
     record : dict
-        ``seed``, ``method``, ``inner_lr``, ``best_epoch``, ``stopped_early``, ``seconds``.
+        ``seed``, ``method``, ``inner_lr``, ``best_epoch``, ``stopped_early``,
+        ``epochs_run``, ``lr_edge`` (``"low"``/``"high"`` when the tuned rate lies at an
+        edge of the extended grid), ``val_mse`` and ``unadapted_val_mse`` (validation MSE
+        of the method and of its model without adaptation), ``worse_than_unadapted``,
+        ``seconds``.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -321,8 +373,16 @@ def fit_method(name: str, ctx: SeedContext) -> tuple[Recommender, dict[str, Any]
         raise ValueError(f"method {name!r}: registered with predicts_ratings="
                          f"{spec.predicts_ratings}, but its recommender has "
                          f"predicts_ratings={getattr(rec, 'predicts_ratings', None)!r}")
+    tuning = fitted.tuning
+    val_mse = fitted.val_mse
+    if tuning is not None and not math.isfinite(val_mse):
+        val_mse = tuning.best_mse
+    unadapted = math.nan if tuning is None else tuning.unadapted_mse
     record = {"seed": ctx.seed, "method": name, "inner_lr": fitted.inner_lr,
               "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+              "epochs_run": fitted.epochs_run, "lr_edge": "" if tuning is None else tuning.edge,
+              "val_mse": val_mse, "unadapted_val_mse": unadapted,
+              "worse_than_unadapted": bool(val_mse > unadapted),
               "seconds": time.perf_counter() - start}
     return rec, record
 
@@ -347,8 +407,7 @@ def fit_methods(
     recommenders : dict of str to Recommender
         By method name.
     fits : pandas.DataFrame
-        One row per method: ``seed``, ``method``, ``inner_lr`` (tuned rate, NaN if none),
-        ``best_epoch`` (meta-training, -1 if none), ``stopped_early``, ``seconds``.
+        One row per method, the record of :func:`fit_method`.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """

@@ -20,6 +20,7 @@ from toyrec_helpers.data import Dataset, load_dataset
 from toyrec_helpers.episodes import (
     Episode,
     EpisodeBatch,
+    EpisodeSampler,
     UserSplit,
     collate,
     make_episodes,
@@ -29,6 +30,7 @@ from toyrec_helpers.evaluate.methods import (
     SeedContext,
     fit_method,
     get_method,
+    method_names,
     needs_answer_key,
     resolve_methods,
 )
@@ -59,9 +61,16 @@ class EvalData:
     train_interactions : pandas.DataFrame
         The ratings of meta-train shoppers only: all that supervised training and
         popularity see.
-    train_episodes, val_episodes : list of Episode
-        ``K = train_k``, ``Q = train_q`` episodes of meta-train and meta-validation
-        shoppers.
+    train_episodes : list of Episode
+        ``K = train_k``, ``Q = train_q`` episodes of meta-train shoppers (their first
+        ratings): meta-training's tasks when ``outer.resample`` is off (otherwise see
+        :meth:`train_sampler`).
+    val_episodes : list of Episode
+        Meta-validation tasks (inner-rate tuning, early stopping): with
+        ``outer.resample``, ``outer.val_per_shopper`` episodes per meta-validation
+        shopper drawn once from their whole history, ``K`` in
+        :attr:`EvalConfig.train_k_range`, ``Q = train_q``; otherwise their first
+        ``train_k`` and next ``train_q`` ratings.
     test_episodes : list of Episode
         One per evaluated meta-test shopper: support = the first ``max(ks)`` ratings,
         query = all the rest (the query of every K).
@@ -94,6 +103,14 @@ class EvalData:
     def users(self) -> np.ndarray:
         """The evaluated meta-test shoppers (one per test episode), int64."""
         return np.array([e.user for e in self.test_episodes], dtype=np.int64)
+
+    def train_sampler(self, seed: int) -> EpisodeSampler:
+        """Meta-training's episodes with ``outer.resample``: a new episode per meta-train
+        shopper every epoch, ``K`` drawn from :attr:`EvalConfig.train_k_range`, ``Q =
+        train_q``, the draws seeded by the training ``seed``."""
+        c = self.config
+        return EpisodeSampler(self.dataset.interactions, self.split.train, c.train_k_range,
+                              c.train_q, seed=int(seed))
 
     @property
     def val_batch(self) -> EpisodeBatch:
@@ -161,7 +178,12 @@ def prepare(
     train_interactions = inter[inter["user"].isin(split.train)].reset_index(drop=True)
     seed = config.split_seed  # orders ratings only when the data has no timestamps
     train = make_episodes(inter, split.train, config.train_k, config.train_q, seed=seed)
-    val = make_episodes(inter, split.val, config.train_k, config.train_q, seed=seed)
+    if config.outer.resample:
+        val_episodes = EpisodeSampler(inter, split.val, config.train_k_range, config.train_q,
+                                      seed=seed).fixed(config.outer.val_per_shopper)
+    else:
+        val_episodes = make_episodes(inter, split.val, config.train_k, config.train_q,
+                                     seed=seed).episodes
     test = make_episodes(inter, split.test, max(config.ks), None, config.min_query, seed=seed)
     if len(train) == 0:
         raise ValueError(f"{dataset.path}: no meta-train shopper has train_k + train_q = "
@@ -173,7 +195,7 @@ def prepare(
     return EvalData(
         dataset=dataset, config=config, split=split, user_features=user_features,
         item_features=item_features, train_interactions=train_interactions,
-        train_episodes=train.episodes, val_episodes=val.episodes,
+        train_episodes=train.episodes, val_episodes=val_episodes,
         test_episodes=test.episodes, skipped_users=test.skipped_users, answer_key=key,
         answer_key_note=note,
     )
@@ -214,7 +236,16 @@ def evaluate(
     Raises
     ------
     ValueError
-        Unknown method, ``"oracle"`` without an answer key, or no shopper to evaluate.
+        Unknown method, ``"oracle"`` without an answer key, a method that needs ratings
+        asked for by name on a purchase log, or no shopper to evaluate.
+
+    Notes
+    -----
+    On data without usable ratings (a purchase log, or ratings all equal:
+    :attr:`~toyrec_helpers.data.Dataset.has_ratings` false) only ranking methods run (by
+    default the others are skipped, and :attr:`EvalResult.skipped_methods` says why),
+    only the catalogue metrics ``hr@10`` and ``ndcg@10`` are computed, and every query
+    purchase is relevant.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -225,6 +256,8 @@ def evaluate(
         methods = list(methods)
     data = prepare(dataset, config, with_answer_key=needs_answer_key(methods))
     chosen = resolve_methods(methods, data)
+    skipped = {} if methods is not None else {  # left out by default: why (e.g. no ratings)
+        m: get_method(m).missing(data) for m in method_names() if m not in chosen}
     seed_free = tuple(m for m in chosen if get_method(m).seed_free)
     n_seeds, n_users = len(config.seeds), len(data.test_episodes)
     values: dict[tuple[str, int, str], np.ndarray] = {}
@@ -260,12 +293,14 @@ def evaluate(
         recommenders=recommenders,
         split_sizes={"train": len(split.train), "val": len(split.val), "test": len(split.test),
                      "evaluated": n_users, "skipped": int(len(data.skipped_users))},
-        seed_free=seed_free,
+        seed_free=seed_free, data_kind="ratings" if data.dataset.has_ratings else "purchases",
+        skipped_methods=skipped,
     )
 
 
 _UNFITTED = {"seed": -1, "method": "", "inner_lr": math.nan, "best_epoch": -1,
-             "stopped_early": False, "seconds": 0.0}
+             "stopped_early": False, "epochs_run": -1, "lr_edge": "", "val_mse": math.nan,
+             "unadapted_val_mse": math.nan, "worse_than_unadapted": False, "seconds": 0.0}
 """The fit record of a seed-free method after its first seed (nothing was fitted)."""
 
 

@@ -22,10 +22,18 @@ import numpy as np
 import pandas as pd
 
 from toyrec_helpers import metrics
-from toyrec_helpers.evaluate.scoring import METRICS
+from toyrec_helpers.evaluate.paired import (
+    is_per_shopper_file,
+    paired_differences,
+    per_shopper_path,
+    seed_spread,
+    write_per_shopper,
+)
+from toyrec_helpers.evaluate.scoring import CATALOGUE_METRICS, METRICS
 from toyrec_helpers.evaluate.settings import EvalConfig
 from toyrec_helpers.fileio import json_ready, write_json_atomic
 from toyrec_helpers.recommenders import Recommender
+from toyrec_helpers.toyshop_exposure import RANDOM_METRICS
 
 __all__ = ["PROTOCOL_NAME", "PROTOCOL_VERSION", "EvalResult", "check_json_path", "format_table"]
 
@@ -38,9 +46,10 @@ def _summarise(
     config: EvalConfig, seed_free: Iterable[str],
 ) -> pd.DataFrame:
     rows = []
+    spread = seed_spread(values)
     for method in methods:
         for k in config.ks:
-            for metric in METRICS:
+            for metric in (*METRICS, *RANDOM_METRICS):
                 v = values.get((method, k, metric))
                 if v is None:
                     continue
@@ -57,9 +66,9 @@ def _summarise(
                                                      config.bootstrap_seed)
                 rows.append({"method": method, "k": int(k), "metric": metric,
                              "mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-                             "n_users": n})
+                             "n_users": n, "seed_sd": spread[(method, k, metric)]})
     return pd.DataFrame(rows, columns=["method", "k", "metric", "mean", "ci_low", "ci_high",
-                                       "n_users"])
+                                       "n_users", "seed_sd"])
 
 
 def _is_evaluate_json(path: Path) -> bool:
@@ -67,7 +76,7 @@ def _is_evaluate_json(path: Path) -> bool:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return (isinstance(content, dict) and set(content) == {"data", "protocol", "summary"}
+    return (isinstance(content, dict) and {"data", "protocol", "summary"} <= set(content)
             and isinstance(content["protocol"], dict)
             and content["protocol"].get("name") == PROTOCOL_NAME)
 
@@ -92,6 +101,10 @@ def check_json_path(path: str | os.PathLike[str]) -> Path:
         raise FileExistsError(f"{path}: is a directory; expected a file name for the JSON")
     if path.exists() and not _is_evaluate_json(path):
         raise FileExistsError(f"{path}: exists and is not an evaluation JSON written by "
+                              "toyrec_helpers.evaluate; refusing to replace it")
+    sidecar = per_shopper_path(path)
+    if sidecar.exists() and not is_per_shopper_file(sidecar):
+        raise FileExistsError(f"{sidecar}: exists and is not a per-shopper file written by "
                               "toyrec_helpers.evaluate; refusing to replace it")
     return path
 
@@ -125,6 +138,12 @@ class EvalResult:
     seed_free : tuple of str
         Methods that do not depend on the training seed (fitted once, their values
         repeated for each seed; the pooled interval counts their shoppers once).
+    data_kind : {"ratings", "purchases"}
+        ``"purchases"`` when the data has no usable ratings (a purchase log, or a rating
+        column whose values are all equal): ranking methods and catalogue metrics only,
+        every query purchase relevant.
+    skipped_methods : dict of str to str
+        Registered methods left out because the data cannot serve them, with the reason.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -139,6 +158,8 @@ class EvalResult:
     recommenders: dict[str, Recommender]
     split_sizes: dict[str, int]
     seed_free: tuple[str, ...] = ()
+    data_kind: str = "ratings"
+    skipped_methods: dict[str, str] = field(default_factory=dict)
     _summary: pd.DataFrame = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -154,33 +175,77 @@ class EvalResult:
         return self.values[key].copy()
 
     def summary(self) -> pd.DataFrame:
-        """One row per (method, k, metric): ``mean``, ``ci_low``, ``ci_high``, ``n_users``."""
+        """One row per (method, k, metric): ``mean``, ``ci_low``, ``ci_high``, ``n_users``,
+        and ``seed_sd``, the standard deviation over seeds of the mean over shoppers."""
         return self._summary.copy()
+
+    def paired(self) -> pd.DataFrame:
+        """Paired differences to the baselines
+        (:func:`~toyrec_helpers.evaluate.paired.paired_differences`): one row per
+        (method, baseline, k, metric)."""
+        c = self.config
+        metric_names = list(dict.fromkeys(m for (_, _, m) in self.values))
+        return paired_differences(self.values, self.methods, c.ks, metric_names, c.n_boot,
+                                  c.ci_level, c.bootstrap_seed)
 
     def protocol(self) -> dict[str, Any]:
         """The ``protocol`` block of the JSON: settings, methods, shopper counts, and the
         tuned inner rates and best meta-training epochs per seed."""
-        tuned: dict[str, dict[str, list[Any]]] = {"inner_lr": {}, "best_epoch": {}}
+        tuned: dict[str, dict[str, list[Any]]] = {
+            "inner_lr": {}, "lr_edge": {}, "val_mse": {}, "unadapted_val_mse": {},
+            "worse_than_unadapted": {}, "best_epoch": {}, "epochs_run": {}}
         for method in self.methods:
             rows = self.fits[self.fits["method"] == method]
             if rows["inner_lr"].notna().any():
                 tuned["inner_lr"][method] = json_ready(list(rows["inner_lr"]))
+                for name in ("lr_edge", "val_mse", "unadapted_val_mse",
+                             "worse_than_unadapted"):
+                    if name in rows:
+                        tuned[name][method] = json_ready(
+                            [x.item() if hasattr(x, "item") else x for x in rows[name]])
             if (rows["best_epoch"] >= 0).any():
                 tuned["best_epoch"][method] = [int(x) for x in rows["best_epoch"]]
-        return {"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION, **self.config.to_dict(),
-                "methods": list(self.methods), "metrics": list(METRICS),
-                "users": dict(self.split_sizes), "tuned": tuned}
+                if "epochs_run" in rows:
+                    tuned["epochs_run"][method] = [int(x) for x in rows["epochs_run"]]
+        out = {"name": PROTOCOL_NAME, "version": PROTOCOL_VERSION, **self.config.to_dict(),
+               "methods": list(self.methods), "metrics": list(METRICS),
+               "users": dict(self.split_sizes), "tuned": tuned}
+        return {**out, **self._kind_block()}
+
+    def _kind_block(self) -> dict[str, Any]:
+        """What the kind of data changes in the protocol: relevance, metrics, exclusions."""
+        c = self.config
+        excluded = (f"each shopper's first max(ks) = {max(c.ks)} interactions, so every "
+                    "support toy at every K" if c.catalogue_exclude == "first_max_k"
+                    else "each shopper's K support toys")
+        out: dict[str, Any] = {"data_kind": self.data_kind,
+                               "excluded_from_ranking": excluded}
+        if self.data_kind == "purchases":
+            out["metrics"] = list(CATALOGUE_METRICS)
+            out["relevance"] = ("every query purchase (the data has no ratings; "
+                                "relevance_threshold does not apply)")
+        else:
+            out["relevance"] = f"query ratings >= {c.relevance_threshold:g}"
+        out["skipped_methods"] = dict(self.skipped_methods)
+        return out
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``{"data", "protocol", "summary"}`` to ``path`` atomically.
+        """Write ``{"data", "protocol", "summary", "paired", "per_shopper"}`` to ``path``
+        atomically, and every per-shopper value to its sidecar
+        (:func:`~toyrec_helpers.evaluate.paired.per_shopper_path`), which ``per_shopper``
+        names with its SHA-256.
 
         An existing file is replaced only if it is a previous evaluation JSON (see
-        :func:`check_json_path`). Undefined values are written as ``null``.
+        :func:`check_json_path`), or its sidecar. Undefined values are written as ``null``.
         """
         path = check_json_path(path)
         summary = self._summary.to_dict(orient="records")
+        sidecar = write_per_shopper(per_shopper_path(path), self.values, self.users,
+                                    self.config.seeds)
         return write_json_atomic(path, {"data": self.data, "protocol": self.protocol(),
-                                        "summary": summary})
+                                        "summary": summary,
+                                        "paired": self.paired().to_dict(orient="records"),
+                                        "per_shopper": sidecar})
 
 
 # --------------------------------------------------------------------------- table

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from toyrec_helpers.baselines import INNER_LR_GRID
+from toyrec_helpers.baselines import BRACKETED_LR_GRID
 from toyrec_helpers.checks import check_choice, check_int, check_number, int_tuple
 from toyrec_helpers.meta import MetaConfig
 
@@ -95,30 +95,49 @@ class ArticleSettings:
 @dataclass(frozen=True)
 class InnerSettings:
     """The inner loop of every adapted method: ``steps`` gradient steps, with the rate
-    tuned on ``lr_grid`` (:func:`~toyrec_helpers.baselines.tune_rate`).
+    tuned on ``lr_grid`` (:func:`~toyrec_helpers.baselines.tune_rate_bracketed`), which
+    is extended by up to ``lr_extend`` rates on a side when the best rate lies at its edge.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
 
     steps: int = 5
-    lr_grid: tuple[float, ...] = INNER_LR_GRID
+    lr_grid: tuple[float, ...] = BRACKETED_LR_GRID
+    lr_extend: int = 2
 
     def __post_init__(self) -> None:
-        _check_ints(self, {"steps": 0})
+        _check_ints(self, {"steps": 0, "lr_extend": 0})
         try:
             grid = tuple(self.lr_grid)
         except TypeError:
             grid = ()
-        if not grid:
-            raise ValueError(f"InnerSettings.lr_grid: expected positive finite rates, "
-                             f"got {self.lr_grid!r}")
+        if len(grid) < 2:
+            raise ValueError(f"InnerSettings.lr_grid: expected at least two positive finite "
+                             f"rates, got {self.lr_grid!r}")
         _put(self, "lr_grid", tuple(check_number(g, "InnerSettings.lr_grid") for g in grid))
 
 
 @dataclass(frozen=True)
 class OuterSettings:
     """Meta-training (:func:`~toyrec_helpers.meta.meta_train`): tasks per meta-batch,
-    Adam rate, epochs, and the early-stopping patience on meta-validation.
+    Adam rate, epochs, the early-stopping patience on meta-validation, and the episodes.
+
+    Parameters
+    ----------
+    meta_batch, outer_lr, epochs, patience
+        Meta-batch size, Adam rate, most epochs, and epochs without a lower validation
+        MSE before stopping.
+    resample : bool
+        ``True``: every epoch draws one new episode per meta-train shopper from their
+        whole history (:class:`~toyrec_helpers.episodes.EpisodeSampler`, K drawn from
+        ``k_range``), and validation uses ``val_per_shopper`` such episodes per
+        meta-validation shopper, drawn once. ``False``: the fixed first-``train_k``
+        episodes of chapter 5 for both.
+    k_range : (int, int) or None
+        Range of support sizes of resampled episodes; ``None`` = ``(min(ks), max(ks))``,
+        one model serving every evaluated K.
+    val_per_shopper : int
+        Resampled validation episodes per meta-validation shopper.
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -127,10 +146,22 @@ class OuterSettings:
     outer_lr: float = 1e-3
     epochs: int = 10
     patience: int = 3
+    resample: bool = True
+    k_range: tuple[int, int] | None = None
+    val_per_shopper: int = 4
 
     def __post_init__(self) -> None:
-        _check_ints(self, {"meta_batch": 1, "epochs": 1, "patience": 1})
+        _check_ints(self, {"meta_batch": 1, "epochs": 1, "patience": 1, "val_per_shopper": 1})
         _check_rates(self, ("outer_lr",))
+        if not isinstance(self.resample, bool):
+            raise ValueError(f"OuterSettings.resample: expected True or False, "
+                             f"got {self.resample!r}")
+        if self.k_range is not None:
+            k_range = int_tuple(self.k_range, "OuterSettings.k_range", 1, distinct=False)
+            if len(k_range) != 2 or k_range[0] > k_range[1]:
+                raise ValueError(f"OuterSettings.k_range: expected None or (low, high) with "
+                                 f"1 <= low <= high, got {self.k_range!r}")
+            _put(self, "k_range", k_range)
 
 
 _GROUPS: dict[str, type] = {"supervised": SupervisedSettings, "article": ArticleSettings,
@@ -139,7 +170,7 @@ _GROUPS: dict[str, type] = {"supervised": SupervisedSettings, "article": Article
 _STORED_AS: dict[str, dict[str, str]] = {
     "supervised": {"epochs": "global_epochs", "lr": "global_lr"},
     "article": {name: f"article_{name}" for name in ("embedding_dim", "epochs", "lr", "steps")},
-    "inner": {"steps": "inner_steps", "lr_grid": "inner_lr_grid"},
+    "inner": {"steps": "inner_steps", "lr_grid": "inner_lr_grid", "lr_extend": "inner_lr_extend"},
 }
 """Stored names of the group fields that differ from the field's own name."""
 
@@ -160,7 +191,8 @@ class EvalConfig:
     min_query : int
         Fewest query ratings (after the first ``max(ks)``) a meta-test shopper needs.
     train_k, train_q : int
-        Support and query sizes of meta-training and meta-validation episodes.
+        Support size of fixed meta-training and meta-validation episodes (with
+        ``outer.resample=False``), and the query size ``Q`` of every such episode.
     supervised : SupervisedSettings
         The global feature model.
     article : ArticleSettings
@@ -221,6 +253,12 @@ class EvalConfig:
                              f"got {self.ci_level!r}")
         check_choice(self.catalogue_exclude, "EvalConfig.catalogue_exclude", CATALOGUE_EXCLUDE)
         check_choice(self.ci_method, "EvalConfig.ci_method", CI_METHODS)
+
+    @property
+    def train_k_range(self) -> tuple[int, int]:
+        """The support sizes of resampled meta-training and validation episodes:
+        ``outer.k_range``, or ``(min(ks), max(ks))``."""
+        return self.outer.k_range or (min(self.ks), max(self.ks))
 
     def to_dict(self) -> dict[str, Any]:
         """The settings under their stored flat names (:data:`FLAT_NAMES`), as JSON-ready

@@ -1,0 +1,217 @@
+"""Registry entries for ranking by what shoppers choose (chapter 8).
+
+Registered in table order after the built-in methods:
+
+* ``itemknn``: "also bought" (:class:`~toyrec_helpers.choice_rankers.ItemKNNRecommender`),
+  seed-free.
+* ``choice_global``: the choice model trained on meta-train purchases, not adapted.
+* ``choice_finetune``: the same, each new shopper's taste vector adapted by
+  ``inner.steps`` gradient steps on their K support toys.
+* ``choice_fomaml``, ``choice_maml``: first- and second-order MAML from the global choice
+  model (episodes resampled in time), adapted likewise.
+* ``choice_combined``: ``log P(choose)`` of ``choice_maml`` plus ``log P(r >= 4)`` from
+  the ``finetune`` rating model ("will choose and will like").
+* ``oracle_choice``: the generator's probability of buying and rating 4 or more (ToyShop
+  only), seed-free.
+
+Every choice method is a ranking (``predicts_ratings=False``). ``choice_finetune``,
+``choice_fomaml`` and ``choice_maml`` share one inner rate per seed, tuned from the global
+choice model on the meta-validation shoppers by
+:func:`~toyrec_helpers.choice.tune_choice_lr` (one rule, one grid: the same tuning budget);
+meta-training uses the protocol's ``outer`` settings (meta-batch, Adam rate, epochs,
+patience) and ``train_k``.
+
+Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from toyrec_helpers.baselines import AdaptedModelRecommender
+from toyrec_helpers.choice import (
+    CHOICE_LR_GRID,
+    ChoiceRecommender,
+    dense_features,
+    meta_train_choice,
+    train_choice,
+    tune_choice_lr,
+)
+from toyrec_helpers.choice_rankers import (
+    CombinedRecommender,
+    ItemKNNRecommender,
+    OracleChoiceRecommender,
+)
+from toyrec_helpers.evaluate.methods import MethodFit, SeedContext, method
+
+__all__ = ["CHOICE", "ChoiceSettings", "choice_state", "oracle_choice_recommender"]
+
+
+@dataclass(frozen=True)
+class ChoiceSettings:
+    """Settings of the choice model in the protocol (fixed before any comparison).
+
+    Attributes
+    ----------
+    dim, epochs, lr, batch_size, taste_penalty, own_lr
+        :func:`~toyrec_helpers.choice.train_choice`.
+    lr_grid : tuple of float
+        Inner rates tried (:func:`~toyrec_helpers.choice.tune_choice_lr`).
+    query : int
+        Query purchases per resampled meta-training episode.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+
+    dim: int = 16
+    epochs: int = 8
+    lr: float = 1e-2
+    batch_size: int = 512
+    taste_penalty: float = 1e-2
+    own_lr: float = 1e-2
+    lr_grid: tuple[float, ...] = CHOICE_LR_GRID
+    query: int = 20
+
+
+CHOICE = ChoiceSettings()
+"""The settings the registered methods use."""
+
+_STATE: weakref.WeakKeyDictionary[SeedContext, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def choice_state(ctx: SeedContext) -> dict[str, Any]:
+    """What the choice methods of one seed share, computed on first use: ``model`` and
+    ``params`` (the global choice model), ``inner_lr`` (tuned), and the meta-trained
+    results by order (``"maml_second"``, ``"maml_first"``).
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    state = _STATE.setdefault(ctx, {})
+    if "model" not in state:
+        d = ctx.data
+        torch.manual_seed(ctx.seed)
+        model, params = train_choice(
+            dense_features(d.item_features), dense_features(d.user_features),
+            d.dataset.interactions, d.split.train, d.val_batch, dim=CHOICE.dim,
+            epochs=CHOICE.epochs, lr=CHOICE.lr, batch_size=CHOICE.batch_size,
+            taste_penalty=CHOICE.taste_penalty, own_lr=CHOICE.own_lr,
+            select_steps=ctx.config.inner.steps, select_grid=CHOICE.lr_grid, seed=ctx.seed)
+        lr, table = tune_choice_lr(model, params, d.val_batch, ctx.config.inner.steps,
+                                   CHOICE.lr_grid)
+        state.update(model=model, params=params, inner_lr=lr, tuning=table)
+    return state
+
+
+def _meta(ctx: SeedContext, order: str) -> Any:
+    state = choice_state(ctx)
+    key = f"maml_{order}"
+    if key not in state:
+        c, o = ctx.config, ctx.config.outer
+        state[key] = meta_train_choice(
+            state["model"], state["params"], ctx.data.dataset.interactions,
+            ctx.data.split.train, ctx.data.val_batch, inner_lr=state["inner_lr"],
+            inner_steps=c.inner.steps, k=max(1, c.train_k), q=CHOICE.query, order=order,
+            meta_batch=o.meta_batch, outer_lr=o.outer_lr, epochs=o.epochs,
+            patience=o.patience, seed=ctx.seed)
+    return state[key]
+
+
+@method("itemknn", predicts_ratings=False, seed_free=True,
+        description="also bought: item-to-item co-purchase similarity to the support toys")
+def _itemknn(ctx: SeedContext) -> ItemKNNRecommender:
+    d = ctx.data
+    return ItemKNNRecommender(d.dataset.interactions, d.split.train, d.dataset.n_items)
+
+
+@method("choice_global", predicts_ratings=False,
+        description="choice model (catalogue softmax) on meta-train purchases, no adaptation")
+def _choice_global(ctx: SeedContext) -> ChoiceRecommender:
+    s = choice_state(ctx)
+    return ChoiceRecommender(s["model"], s["params"], 0, 0.0, name="choice_global")
+
+
+@method("choice_finetune", predicts_ratings=False,
+        description="choice model, taste adapted by SGD steps on the support toys")
+def _choice_finetune(ctx: SeedContext) -> MethodFit:
+    s = choice_state(ctx)
+    rec = ChoiceRecommender(s["model"], s["params"], ctx.config.inner.steps, s["inner_lr"],
+                            name="choice_finetune")
+    return MethodFit(rec, inner_lr=s["inner_lr"])
+
+
+def _choice_meta(name: str, order: str):  # noqa: ANN202 - a fit function
+    def fit(ctx: SeedContext) -> MethodFit:
+        s, result = choice_state(ctx), _meta(ctx, order)
+        rec = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps,
+                                s["inner_lr"], name=name)
+        return MethodFit(rec, inner_lr=s["inner_lr"], best_epoch=result.best_epoch,
+                         stopped_early=result.stopped_early)
+
+    return fit
+
+
+method("choice_fomaml", predicts_ratings=False,
+       description="choice model, first-order MAML")(_choice_meta("choice_fomaml", "first"))
+method("choice_maml", predicts_ratings=False,
+       description="choice model, MAML (second order)")(_choice_meta("choice_maml", "second"))
+
+
+def _validation_rmse(rec: AdaptedModelRecommender, ctx: SeedContext) -> float:
+    batch = ctx.data.val_batch
+    pred = rec.predict(batch)
+    err = ((pred - batch.query_ratings) ** 2 * batch.query_mask).sum() / batch.query_mask.sum()
+    return float(torch.sqrt(err))
+
+
+@method("choice_combined", predicts_ratings=False, needs=("ratings",),
+        description="choice_maml's log P(choose) + log P(r >= 4) from finetune")
+def _choice_combined(ctx: SeedContext) -> MethodFit:
+    s, result = choice_state(ctx), _meta(ctx, "second")
+    choice = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps,
+                               s["inner_lr"], name="choice_maml")
+    g, lr = ctx.global_fit(), ctx.inner_lr("all")
+    rating = AdaptedModelRecommender(g.model, g.params, ctx.config.meta_config(lr),
+                                     name="finetune")
+    sigma = _validation_rmse(rating, ctx)
+    rec = CombinedRecommender(choice, rating, sigma if math.isfinite(sigma) else 1.0,
+                              threshold=ctx.config.relevance_threshold,
+                              name="choice_combined")
+    return MethodFit(rec, inner_lr=s["inner_lr"], best_epoch=result.best_epoch,
+                     stopped_early=result.stopped_early)
+
+
+def oracle_choice_recommender(dataset: Any, threshold: float = 4.0) -> OracleChoiceRecommender:
+    """``oracle_choice`` for a ToyShop data set: the generator's probability that each
+    shopper buys each toy (given their true taste and number of purchases) and rates it
+    ``threshold`` or more.
+
+    Raises
+    ------
+    ValueError
+        If the data set was not made by the ToyShop generator or its files were edited.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    from toyrec_helpers import toyshop as ts
+    from toyrec_helpers.ceiling import dataset_latents
+
+    aligned = dataset_latents(dataset)
+    lat = aligned.latents
+    taste = lat.scores - ts.MU - lat.bias[:, None] - lat.item_effect[None, :]
+    logits = ts.CHOICE_TEMPERATURE * taste + lat.log_popularity[None, :]
+    logits = logits[np.ix_(aligned.user_rows, aligned.item_rows)]
+    n_bought = np.bincount(dataset.interactions["user"], minlength=dataset.n_users)
+    return OracleChoiceRecommender(logits, aligned.scores, n_bought, ts.SIGMA_NOISE,
+                                   threshold=threshold)
+
+
+@method("oracle_choice", predicts_ratings=False, seed_free=True, needs=("answer_key",),
+        description="the generator's P(buys and rates >= 4) (generated data only)")
+def _oracle_choice(ctx: SeedContext) -> OracleChoiceRecommender:
+    return oracle_choice_recommender(ctx.data.dataset, ctx.config.relevance_threshold)
