@@ -1,8 +1,8 @@
 """Fixtures shared by several test modules.
 
-``single_thread``: the models of these tests are tiny, so one intra-op thread is faster
-and avoids oversubscription when the suite runs in parallel (pytest-xdist) on two cores.
-A module opts in with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+``single_thread`` (used by every test): the models of these tests are tiny, so one
+intra-op thread is faster and avoids oversubscription when the suite runs in parallel
+(pytest-xdist) on two cores.
 
 ``toyshop``: the committed ToyShop, loaded once per test module.
 """
@@ -16,7 +16,7 @@ from datadirs import TOYSHOP_DIR
 from toyrec_helpers.data import load_dataset
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def single_thread():
     """Run the test with ``torch.set_num_threads(1)``; restore the thread count after."""
     threads = torch.get_num_threads()

@@ -84,3 +84,10 @@ def make_episodes(
                                 support_ratings=ratings[:k], query_items=chosen[k:],
                                 query_ratings=ratings[k:]))
     return episodes
+
+
+def small_problem() -> tuple[tuple[EncodedFeatures, EncodedFeatures], list[Episode]]:
+    """The shared small problem of the model and meta-learning tests: features of 24 users
+    and 30 items, and one episode per user (fresh objects on every call)."""
+    features = make_features(n_users=24, n_items=30, seed=0)
+    return features, make_episodes(*features, seed=0)

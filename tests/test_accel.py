@@ -12,29 +12,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic import make_episodes, make_features
+from synthetic import make_features, small_problem
 from torch import nn
 
-from toyrec_helpers import cli
+from toyrec_helpers import cli, models
 from toyrec_helpers.accel import sparse_meta_loss, sparse_predict_adapted
 from toyrec_helpers.bench import cpu_peak_bytes, format_results, make_problem, run_bench
 from toyrec_helpers.episodes import Episode, collate
 from toyrec_helpers.meta import MetaConfig, init_inner_lrs, meta_loss, predict_adapted
-from toyrec_helpers.models import (
-    FeatureRecommender,
-    IdEmbeddingRecommender,
-    InputPlan,
-    Lookup,
-    Numeric,
-    apply_head,
-    input_parts,
-)
+from toyrec_helpers.models import FeatureRecommender, IdEmbeddingRecommender
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
-
-
-FEATURES = make_features(n_users=24, n_items=30, seed=0)
-EPISODES = make_episodes(*FEATURES, seed=0)
+FEATURES, EPISODES = small_problem()
 BATCH = collate(EPISODES[:6])
 
 
@@ -123,16 +111,17 @@ class TanhHead(nn.Module):
         self.users = nn.Embedding(n_users, dim)
         self.register_buffer("user_numeric", torch.linspace(-1, 1, n_users)[:, None])
         self.decide = nn.Sequential(nn.Linear(2 * dim + 1, 4), nn.Tanh(), nn.Linear(4, 1))
-        self.plan = InputPlan((Lookup("items", "item"), Numeric("user_numeric", "user"),
-                               Lookup("users", "user")), "decide")
+        parts = (models.Lookup("items", "item"), models.Numeric("user_numeric", "user"),
+                 models.Lookup("users", "user"))
+        self.plan = models.InputPlan(parts, "decide")
 
-    def input_plan(self) -> InputPlan:
+    def input_plan(self) -> models.InputPlan:
         return self.plan
 
     def forward(self, users, items):
         users, items = torch.broadcast_tensors(users, items)
-        x = torch.cat(input_parts(self, self.plan, users, items, torch.float64), -1)
-        return apply_head(self, self.plan, x)
+        x = torch.cat(models.input_parts(self, self.plan, users, items, torch.float64), -1)
+        return models.apply_head(self, self.plan, x)
 
 
 @pytest.mark.parametrize("adapt_group", ["all", "head"])

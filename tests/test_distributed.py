@@ -22,14 +22,6 @@ from toyrec_helpers.distributed import (
 from toyrec_helpers.meta import MetaConfig, meta_loss, meta_train
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def single_process_step(meta_batch: int, config: MetaConfig) -> dict[str, torch.Tensor]:
     """The reference: one ordinary meta-step on the tasks `main --sizes tiny` uses."""
     model, batch, _ = make_problem("tiny", meta_batch, seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from synthetic import make_episodes, make_features
+from synthetic import small_problem
 
 from toyrec_helpers.encoder import (
     EncoderRecommender,
@@ -18,10 +18,7 @@ from toyrec_helpers.episodes import EpisodeBatch, collate
 from toyrec_helpers.meta import MetaConfig
 from toyrec_helpers.models import FeatureRecommender
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
-
-FEATURES = make_features(n_users=24, n_items=30, seed=0)
-EPISODES = make_episodes(*FEATURES, seed=0)
+FEATURES, EPISODES = small_problem()
 CONFIG = MetaConfig(inner_steps=0, meta_batch=4, epochs=2, outer_lr=1e-2)
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from synthetic import make_episodes, make_features
+from synthetic import small_problem
 
 from toyrec_helpers.episodes import collate
 from toyrec_helpers.mamo import (
@@ -28,10 +28,7 @@ from toyrec_helpers.mamo import (
 from toyrec_helpers.meta import MetaConfig, meta_loss, predict_adapted
 from toyrec_helpers.models import FeatureRecommender, parameter_names
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
-
-FEATURES = make_features(n_users=24, n_items=30, seed=0)
-EPISODES = make_episodes(*FEATURES, seed=0)
+FEATURES, EPISODES = small_problem()
 CONFIG = MetaConfig(inner_steps=2, inner_lr=0.1, meta_batch=4, epochs=2)
 
 

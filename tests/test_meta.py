@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from synthetic import make_episodes, make_features
+from synthetic import make_episodes, make_features, small_problem
 from torch.func import functional_call
 
 from toyrec_helpers.checkpoints import load_checkpoint
@@ -30,11 +30,7 @@ from toyrec_helpers.models import (
     parameter_names,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
-
-
-FEATURES = make_features(n_users=24, n_items=30, seed=0)
-EPISODES = make_episodes(*FEATURES, seed=0)
+FEATURES, EPISODES = small_problem()
 
 
 def small_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> FeatureRecommender:

@@ -41,8 +41,6 @@ from toyrec_helpers.purchases import (
 from toyrec_helpers.schema import DataValidationError, parse_schema
 from toyrec_helpers.toyshop import ToyShopConfig, file_sha256, generate_toyshop, write_toyshop
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 # (user, item, timestamp) with repeats: u1 buys i2 three times (first on 01-02, the row
 # written first is a later repeat), u2 buys i1 twice; file order is not time order.
 PURCHASES = (

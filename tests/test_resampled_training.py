@@ -15,8 +15,6 @@ from toyrec_helpers.episodes import EpisodeSampler, collate
 from toyrec_helpers.meta import MetaConfig, meta_train
 from toyrec_helpers.models import FeatureRecommender, IdEmbeddingRecommender, parameter_names
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
-
 
 def _history_table(lengths: list[int]) -> pd.DataFrame:
     """User u rates items 100*u + 0..n-1 with ratings equal to their position (time)."""

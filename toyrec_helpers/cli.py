@@ -278,10 +278,7 @@ def _bench_purchases(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, FileExistsError) as exc:
         print(f"bench-purchases: {exc}", file=sys.stderr)
         return 2
-    print(format_purchase_scale(result))
-    if args.json is not None:
-        print(f"wrote {args.json}")
-    return 0
+    return _print_result(format_purchase_scale(result), args.json)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -313,9 +310,14 @@ def _bench(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    print(format_results(result))
-    if args.json is not None:
-        print(f"wrote {args.json}")
+    return _print_result(format_results(result), args.json)
+
+
+def _print_result(text: str, json_path: Path | None) -> int:
+    """Print a command's result, and where its JSON went; exit status 0."""
+    print(text)
+    if json_path is not None:
+        print(f"wrote {json_path}")
     return 0
 
 

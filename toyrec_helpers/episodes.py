@@ -150,17 +150,7 @@ def make_episodes(
     if n_query is not None and n_query < 1:
         raise ValueError(f"n_query must be >= 1 or None, got {n_query}")
     need = k_support + (n_query if n_query is not None else min_query)
-    user_col = interactions["user"].to_numpy()
-    items = interactions["item"].to_numpy(dtype=np.int64)
-    ratings = interactions["rating"].to_numpy(dtype=np.float32)
-    if "timestamp" not in interactions.columns:
-        rng = np.random.default_rng(seed)
-        order = np.lexsort((rng.random(len(user_col)), user_col))
-        user_col, items, ratings = user_col[order], items[order], ratings[order]
-    elif len(user_col) > 1 and (np.diff(user_col) < 0).any():
-        raise ValueError("interactions must be sorted by user (as Dataset.interactions is)")
-    starts = np.searchsorted(user_col, users, side="left")
-    ends = np.searchsorted(user_col, users, side="right")
+    items, ratings, starts, ends, users = _user_histories(interactions, users, seed)
     episodes, skipped = [], []
     for user, lo, hi in zip(users, starts, ends, strict=True):
         if hi - lo < need:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_ready", "write_json_atomic"]
+__all__ = ["atomic_write", "atomic_write_dir", "json_ready", "write_json_atomic"]
 
 
 def json_ready(value: Any) -> Any:
@@ -127,3 +128,26 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
     """
     text = json.dumps(json_ready(payload), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_dir(out: str | os.PathLike[str], fill: Callable[[Path], Any]) -> Path:
+    """Write a directory atomically: ``fill(tmp)`` fills a new temporary directory beside
+    ``out``, which then replaces ``out`` (removed first if it exists: check before calling
+    that it may be replaced). A failure in ``fill`` leaves ``out`` as it was.
+
+    ``fill`` is called once with the temporary directory's path (mode 0o755); the result
+    is ``out`` as a ``Path``. Introduced in chapter 1 (book/01_cold_start_problem.ipynb).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

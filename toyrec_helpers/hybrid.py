@@ -192,21 +192,11 @@ class _Pretraining(nn.Module):
 
 
 def fit_hybrid(
-    user_features: EncodedFeatures,
-    item_features: EncodedFeatures,
-    interactions: pd.DataFrame,
-    train_users: np.ndarray | Sequence[int],
-    *,
-    embedding_dim: int = 8,
-    hidden: tuple[int, ...] = (64, 32),
-    identity_dim: int = 8,
-    shrinkage: float = 5.0,
-    epochs: int = 6,
-    lr: float = 3e-3,
-    batch_size: int = 512,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    name: str = "global_hybrid",
+    user_features: EncodedFeatures, item_features: EncodedFeatures, interactions: pd.DataFrame,
+    train_users: np.ndarray | Sequence[int], *, embedding_dim: int = 8,
+    hidden: tuple[int, ...] = (64, 32), identity_dim: int = 8, shrinkage: float = 5.0,
+    epochs: int = 6, lr: float = 3e-3, batch_size: int = 512, weight_decay: float = 0.0,
+    seed: int = 0, name: str = "global_hybrid",
 ) -> FittedBaseline:
     """Pretrain the hybrid on the training shoppers' ratings (the hybrid "global" model).
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import pandas as pd
 
 from toyrec_helpers.data import Dataset, load_dataset
-from toyrec_helpers.fileio import atomic_write
+from toyrec_helpers.fileio import atomic_write, atomic_write_dir
 from toyrec_helpers.schema import DataValidationError
 
 __all__ = [
@@ -520,22 +520,15 @@ def import_movielens(
                                       "(--overwrite) to replace it")
     tables = read_movielens(src, expected)
     digest = sha256_of(src) if Path(src).is_file() else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+
+    def fill(tmp: Path) -> None:
         for name, frame in (("users", tables.users), ("items", tables.items),
                             ("ratings", tables.ratings)):
             frame.to_csv(tmp / f"{name}.csv", index=False, lineterminator="\n",
                          encoding="utf-8")
         (tmp / "schema.json").write_text(json.dumps(_schema(tables.source, digest), indent=2)
                                          + "\n", encoding="utf-8")
-        dataset = load_dataset(tmp)  # validate before it replaces anything
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    del dataset
+        load_dataset(tmp)  # validate before it replaces anything
+
+    atomic_write_dir(out, fill)
     return load_dataset(out)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from toyrec_helpers.fileio import atomic_write_dir
 from toyrec_helpers.schema import SCHEMA_FILE, DataValidationError, read_schema
 
 __all__ = ["export_purchase_log", "purchase_log_schema", "synthetic_purchase_log"]
@@ -83,23 +83,16 @@ def _write_directory(out: Path, files: dict[str, pd.DataFrame | Path], schema: d
                      overwrite: bool) -> Path:
     """Fill a temporary directory, then rename it to ``out`` (atomic for readers)."""
     _check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+
+    def fill(tmp: Path) -> None:
         for name, content in files.items():
             if isinstance(content, Path):
                 shutil.copyfile(content, tmp / name)
             else:
                 content.to_csv(tmp / name, index=False, lineterminator="\n", encoding="utf-8")
         (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+
+    return atomic_write_dir(out, fill)
 
 
 def export_purchase_log(source: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -184,11 +177,7 @@ def synthetic_purchase_log(
     seed : int
         Seed of the first shop, and of the choice of which shoppers keep one more purchase.
     overwrite : bool
-
-    Returns
-    -------
-    Path
-        ``out``.
+        As for :func:`export_purchase_log`, which also describes the result (``out``).
 
     Raises
     ------

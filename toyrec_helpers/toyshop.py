@@ -24,8 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from toyrec_helpers.fileio import atomic_write_dir
 from toyrec_helpers.toyshop_vocab import (
     AGE_BANDS,
     BRANDS,
@@ -364,29 +363,18 @@ def write_toyshop(shop: ToyShop, out: str | Path, overwrite: bool = False) -> Pa
             raise FileExistsError(
                 f"{out}: exists and is not a generated ToyShop directory; refusing to replace it"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
-        for name, frame in (
-            ("items", shop.items),
-            ("users", shop.users),
-            ("ratings", shop.ratings),
-        ):
+
+    def fill(tmp: Path) -> None:
+        for name, frame in (("items", shop.items), ("users", shop.users),
+                            ("ratings", shop.ratings)):
             frame.to_csv(tmp / f"{name}.csv", index=False, lineterminator="\n", encoding="utf-8")
-        (tmp / "schema.json").write_text(
-            json.dumps(shop.schema(), indent=2) + "\n", encoding="utf-8"
-        )
-        datasheet = DATASHEET.read_text(encoding="utf-8") if DATASHEET.is_file() else None
-        if datasheet is not None:
-            (tmp / "README.md").write_text(datasheet, encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+        (tmp / "schema.json").write_text(json.dumps(shop.schema(), indent=2) + "\n",
+                                         encoding="utf-8")
+        if DATASHEET.is_file():
+            (tmp / "README.md").write_text(DATASHEET.read_text(encoding="utf-8"),
+                                           encoding="utf-8")
+
+    return atomic_write_dir(out, fill)
 
 
 DATASHEET = Path(__file__).resolve().parent / "toyshop_datasheet.md"

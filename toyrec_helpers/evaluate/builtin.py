@@ -9,9 +9,13 @@ Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from toyrec_helpers.baselines import (
     AdaptedModelRecommender,
     ArticleRecommender,
+    FittedBaseline,
     OracleRecommender,
     PopularityRecommender,
     Recommender,
@@ -28,7 +32,7 @@ from toyrec_helpers.evaluate.methods import (
 )
 from toyrec_helpers.meta import meta_train
 
-__all__ = ["METHODS"]
+__all__ = ["METHODS", "meta_learned"]
 
 
 @method("popularity", seed_free=True,
@@ -77,14 +81,28 @@ def _finetune(ctx: SeedContext) -> MethodFit:
     return MethodFit(rec, inner_lr=lr, tuning=ctx.inner_tuning("all"))
 
 
-def _meta_learned(name: str, adapt: str, order: str, meta_sgd: str) -> FitFunction:
-    """The fit function of a meta-learned method: MAML from the global model's
-    parameters, at the inner rate tuned for ``adapt``, on resampled episodes (or the
-    fixed ones with ``outer.resample=False``), keeping the best validation epoch."""
+def meta_learned(
+    name: str, adapt: str, order: str, meta_sgd: str, *,
+    base: Callable[[SeedContext], FittedBaseline] | None = None,
+    rate: Callable[[SeedContext, str], float] | None = None,
+    tuning: Callable[[SeedContext, str], Any] | None = None,
+) -> FitFunction:
+    """The fit function of a meta-learned method: MAML from a fitted model's parameters
+    (``base``, default the seed's global model), at the inner rate tuned for ``adapt``
+    (``rate``, default :meth:`SeedContext.inner_lr`), on resampled episodes (or the fixed
+    ones with ``outer.resample=False``), keeping the best validation epoch. Other models'
+    meta-learned methods (chapter 7's hybrid) pass their own ``base``, ``rate`` and
+    ``tuning``.
+
+    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    """
+    base = base or (lambda ctx: ctx.global_fit())
+    rate = rate or (lambda ctx, a: ctx.inner_lr(a))
+    tuning = tuning or (lambda ctx, a: ctx.inner_tuning(a))
 
     def fit(ctx: SeedContext) -> MethodFit:
         d, c = ctx.data, ctx.config
-        g, lr = ctx.global_fit(), ctx.inner_lr(adapt)
+        g, lr = base(ctx), rate(ctx, adapt)
         train = d.train_sampler(ctx.seed) if c.outer.resample else d.train_episodes
         result = meta_train(g.model, train, d.val_episodes,
                             c.meta_config(lr, adapt=adapt, order=order, meta_sgd=meta_sgd),
@@ -92,7 +110,7 @@ def _meta_learned(name: str, adapt: str, order: str, meta_sgd: str) -> FitFuncti
         rec = AdaptedModelRecommender(g.model, result.params, result.config,
                                       inner_lrs=result.inner_lrs, name=name)
         return MethodFit(rec, inner_lr=lr, best_epoch=result.best_epoch,
-                         stopped_early=result.stopped_early, tuning=ctx.inner_tuning(adapt),
+                         stopped_early=result.stopped_early, tuning=tuning(ctx, adapt),
                          epochs_run=result.epochs_run, val_mse=result.best_val_mse)
 
     return fit
@@ -106,7 +124,7 @@ for _name, _adapt, _order, _meta_sgd, _text in (
      "MAML adapting the decision layers only (MeLU's local layers)"),
     ("anil", "last", "second", "off", "MAML adapting the final linear layer only (ANIL)"),
 ):
-    register_method(MethodSpec(_name, _meta_learned(_name, _adapt, _order, _meta_sgd),
+    register_method(MethodSpec(_name, meta_learned(_name, _adapt, _order, _meta_sgd),
                                description=_text))
 
 

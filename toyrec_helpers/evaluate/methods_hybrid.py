@@ -41,9 +41,15 @@ from toyrec_helpers.baselines import (
     Recommender,
 )
 from toyrec_helpers.episodes import EpisodeBatch, resolve_items
-from toyrec_helpers.evaluate.methods import MethodFit, MethodSpec, SeedContext, register_method
+from toyrec_helpers.evaluate.builtin import meta_learned
+from toyrec_helpers.evaluate.methods import (
+    FitFunction,
+    MethodFit,
+    MethodSpec,
+    SeedContext,
+    register_method,
+)
 from toyrec_helpers.hybrid import fit_hybrid
-from toyrec_helpers.meta import meta_train
 
 __all__ = ["HYBRID_METHODS", "KAPPA_GRID", "ShrunkOffsetRecommender", "hybrid_fit",
            "hybrid_inner_lr"]
@@ -150,21 +156,9 @@ def _adapted(name: str, adapt: str):  # noqa: ANN202 - a fit function
     return fit
 
 
-def _meta_learned(name: str, adapt: str, order: str, meta_sgd: str):  # noqa: ANN202
-    def fit(ctx: SeedContext) -> MethodFit:
-        d, c = ctx.data, ctx.config
-        g, lr = hybrid_fit(ctx), hybrid_inner_lr(ctx, adapt)
-        train = d.train_sampler(ctx.seed) if c.outer.resample else d.train_episodes
-        result = meta_train(g.model, train, d.val_episodes,
-                            c.meta_config(lr, adapt=adapt, order=order, meta_sgd=meta_sgd),
-                            seed=ctx.seed, progress=False, patience=c.outer.patience)
-        rec = AdaptedModelRecommender(g.model, result.params, result.config,
-                                      inner_lrs=result.inner_lrs, name=name)
-        return MethodFit(rec, inner_lr=lr, best_epoch=result.best_epoch,
-                         stopped_early=result.stopped_early, tuning=ctx.tunings.get(_what(adapt)),
-                         epochs_run=result.epochs_run, val_mse=result.best_val_mse)
-
-    return fit
+def _meta_learned(name: str, adapt: str, order: str, meta_sgd: str) -> FitFunction:
+    return meta_learned(name, adapt, order, meta_sgd, base=hybrid_fit, rate=hybrid_inner_lr,
+                        tuning=lambda ctx, a: ctx.tunings.get(_what(a)))
 
 
 _ENTRIES = (
