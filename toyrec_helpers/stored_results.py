@@ -132,7 +132,9 @@ def _fail(stem: str, why: str) -> None:
 
 
 def _check_evaluation(stem: str, stored: dict[str, Any]) -> None:
-    from toyrec_helpers.evaluate import METHODS, METRICS, EvalConfig
+    from toyrec_helpers.evaluate import EvalConfig
+    from toyrec_helpers.evaluate.methods import get_method, method_names
+    from toyrec_helpers.evaluate.scoring import CATALOGUE_METRICS
 
     if not {"data", "protocol", "summary"} <= set(stored):
         _fail(stem, f"expected the keys data, protocol, summary, got {sorted(stored)}")
@@ -141,16 +143,22 @@ def _check_evaluation(stem: str, stored: dict[str, Any]) -> None:
         if protocol.get(key) != value:
             _fail(stem, f"protocol field {key!r} is {protocol.get(key)!r}, the code's default "
                         f"is {value!r}")
-    if protocol.get("methods") != list(METHODS):
-        _fail(stem, f"methods {protocol.get('methods')} differ from the registry {list(METHODS)}")
+    methods = protocol.get("methods") or []
+    unknown = [m for m in methods if m not in method_names()]
+    if not methods or unknown:
+        _fail(stem, f"methods {methods}: unknown to the registry: {unknown}")
     rows = {(r["method"], r["k"], r["metric"]) for r in stored["summary"]}
-    for method in METHODS:
+    rated = protocol.get("data_kind") != "purchases"
+    for method in methods:
+        ranking_only = not get_method(method).predicts_ratings
         for k in protocol["ks"]:
-            for metric in METRICS:
-                ranking_only = method == "popularity_count" and metric in ("mae", "rmse")
-                if ranking_only == ((method, k, metric) in rows):
-                    _fail(stem, f"row ({method}, K={k}, {metric}) is "
-                                f"{'unexpected' if ranking_only else 'missing'}")
+            for metric in CATALOGUE_METRICS:  # every method ranks the catalogue
+                if (method, k, metric) not in rows:
+                    _fail(stem, f"row ({method}, K={k}, {metric}) is missing")
+            if ranking_only and (method, k, "mae") in rows:
+                _fail(stem, f"row ({method}, K={k}, mae) is unexpected: a ranking only")
+            if rated and not ranking_only and (method, k, "mae") not in rows:
+                _fail(stem, f"row ({method}, K={k}, mae) is missing")
     for row in stored["summary"]:
         if not row["ci_low"] <= row["mean"] <= row["ci_high"]:
             _fail(stem, f"the mean of {row['method']}, K={row['k']}, {row['metric']} lies "
