@@ -3,6 +3,7 @@ fetching with a checksum, and (when the data is in the cache) the real data set.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -159,15 +160,33 @@ def test_fetch_rejects_a_wrong_checksum(tmp_path, monkeypatch):
         fetch_movielens("kaggle", cache=tmp_path)
 
 
-def test_fetch_grouplens_checks_content_and_writes_atomically(tmp_path, monkeypatch):
+def test_fetch_grouplens_checks_md5_and_content_and_writes_atomically(tmp_path, monkeypatch):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         z.writestr("ml-100k/u.data", "1\t1\t5\n")
+    payload = buffer.getvalue()
     monkeypatch.setattr(movielens.urllib.request, "urlopen",
-                        lambda url, timeout: io.BytesIO(buffer.getvalue()))
+                        lambda url, timeout: io.BytesIO(payload))
+    with pytest.raises(ValueError, match="MD5 .* expected 0e33842e"):
+        fetch_movielens("grouplens", cache=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    # with the published MD5 (pretended here) the content is still checked by structure
+    monkeypatch.setattr(movielens, "GROUPLENS_ZIP_MD5", hashlib.md5(payload).hexdigest())
     with pytest.raises(DataValidationError):
         fetch_movielens("grouplens", cache=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_known_original_by_checksum(tmp_path, monkeypatch):
+    plain = tmp_path / "ml-100k.zip"
+    plain.write_bytes(b"not the original")
+    assert movielens.known_original(plain) is None
+    assert movielens.known_original(tmp_path) is None  # a folder
+    fake_md5 = hashlib.md5(b"not the original").hexdigest()
+    monkeypatch.setattr(movielens, "GROUPLENS_ZIP_MD5", fake_md5)
+    assert movielens.known_original(plain) == "grouplens ml-100k.zip"
+    monkeypatch.setattr(movielens, "RECBOLE_WHEEL_SHA256", movielens.sha256_of(plain))
+    assert movielens.known_original(plain) == "recbole-1.2.1 wheel"
 
 
 def test_cli_import(tmp_path, capsys):
@@ -196,6 +215,7 @@ def test_real_movielens_100k(tmp_path):
     assert genres <= set(GENRES) and len(genres) >= 18
     schema = json.loads((tmp_path / "ml" / "schema.json").read_text())
     assert schema["source"]["sha256"] == movielens.RECBOLE_WHEEL_SHA256
+    assert schema["source"]["known_original"] == "recbole-1.2.1 wheel"
     assert np.isfinite(ds.items["release_year"]).all()
     assert load_dataset(tmp_path / "ml").n_users == 943
 

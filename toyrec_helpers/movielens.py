@@ -18,9 +18,11 @@ The import writes users (``age_band``, ``gender``, ``occupation``, ``zip_prefix`
 categorical), items (``title`` as text, ``genres`` as ``multi``, ``release_year`` as
 numeric) and ratings (timestamps as ISO 8601 date-times, UTC), then checks the result with
 :func:`toyrec_helpers.data.load_dataset`. A source is accepted only if it has exactly the
-shape of MovieLens-100K (943 users, 1,682 items, 100,000 ratings, ids 1..n): its content is
-checked by structure, since no published SHA-256 of GroupLens's zip could be confirmed here.
-The wheel's SHA-256 is pinned (:data:`RECBOLE_WHEEL_SHA256`).
+shape of MovieLens-100K (943 users, 1,682 items, 100,000 ratings, ids 1..n). The known
+originals are also checked by checksum: the wheel by its SHA-256
+(:data:`RECBOLE_WHEEL_SHA256`), GroupLens's zip by the MD5 that GroupLens publishes beside it
+(:data:`GROUPLENS_ZIP_MD5`; GroupLens publishes no SHA-256). The import records which
+original it read, and the source file's SHA-256, in ``schema.json``.
 
 Introduced in chapter 7 (book/07_real_ratings.ipynb).
 """
@@ -50,9 +52,10 @@ from toyrec_helpers.fileio import atomic_write, atomic_write_dir
 from toyrec_helpers.schema import DataValidationError
 
 __all__ = [
-    "AGE_BANDS", "GENRES", "GROUPLENS_URL", "RECBOLE_WHEEL", "RECBOLE_WHEEL_SHA256",
+    "AGE_BANDS", "GENRES", "GROUPLENS_URL", "GROUPLENS_ZIP_MD5", "RECBOLE_WHEEL",
+    "RECBOLE_WHEEL_SHA256",
     "MovieLensTables", "cache_dir", "cached_movielens", "fetch_movielens", "import_movielens",
-    "read_movielens", "sha256_of"
+    "known_original", "read_movielens", "sha256_of"
 ]
 
 N_USERS, N_ITEMS, N_RATINGS = 943, 1682, 100_000
@@ -60,6 +63,9 @@ N_USERS, N_ITEMS, N_RATINGS = 943, 1682, 100_000
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 """Where GroupLens serves the original zip."""
+
+GROUPLENS_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"
+"""MD5 of GroupLens's ``ml-100k.zip``, as GroupLens publishes it (``ml-100k.zip.md5``)."""
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -96,11 +102,31 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
     Introduced in chapter 7 (book/07_real_ratings.ipynb).
     """
-    digest = hashlib.sha256()
+    return _digest(path, "sha256")
+
+
+def _digest(path: str | os.PathLike[str], name: str) -> str:
+    digest = hashlib.new(name)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def known_original(path: str | os.PathLike[str]) -> str | None:
+    """Which known original a file is, by checksum: ``"recbole-1.2.1 wheel"`` (SHA-256
+    :data:`RECBOLE_WHEEL_SHA256`), ``"grouplens ml-100k.zip"`` (MD5
+    :data:`GROUPLENS_ZIP_MD5`), or ``None`` (a folder, or any other file).
+
+    Introduced in chapter 7 (book/07_real_ratings.ipynb).
+    """
+    if not Path(path).is_file():
+        return None
+    if sha256_of(path) == RECBOLE_WHEEL_SHA256:
+        return "recbole-1.2.1 wheel"
+    if _digest(path, "md5") == GROUPLENS_ZIP_MD5:
+        return "grouplens ml-100k.zip"
+    return None
 
 
 def cached_movielens(cache: str | os.PathLike[str] | None = None) -> Path | None:
@@ -132,9 +158,9 @@ def fetch_movielens(
     source : {"pypi", "grouplens"}
         ``"pypi"``: ``python -m pip download --no-deps recbole==1.2.1`` (the package index
         only), then the wheel's SHA-256 is checked against :data:`RECBOLE_WHEEL_SHA256`.
-        ``"grouplens"``: :data:`GROUPLENS_URL`; its content is checked by
-        :func:`read_movielens` (structure and counts) and its SHA-256 is written next to
-        it (``ml-100k.zip.sha256``).
+        ``"grouplens"``: :data:`GROUPLENS_URL`; its MD5 is checked against
+        :data:`GROUPLENS_ZIP_MD5` and its content by :func:`read_movielens` (structure and
+        counts), and its SHA-256 is written next to it (``ml-100k.zip.sha256``).
     cache : path, optional
         Default :func:`cache_dir`.
     timeout : float
@@ -178,6 +204,10 @@ def fetch_movielens(
         target = folder / "ml-100k.zip"
         with urllib.request.urlopen(GROUPLENS_URL, timeout=timeout) as response:  # noqa: S310
             payload = response.read()
+        md5 = hashlib.md5(payload).hexdigest()  # noqa: S324 - the checksum GroupLens publishes
+        if md5 != GROUPLENS_ZIP_MD5:
+            raise ValueError(f"{GROUPLENS_URL}: MD5 {md5}, expected {GROUPLENS_ZIP_MD5} "
+                             "(published by GroupLens); the file was not kept")
         read_movielens(io.BytesIO(payload))  # raises unless it is MovieLens-100K
         atomic_write(target, lambda out: out.write(payload))
         digest = hashlib.sha256(payload).hexdigest()
@@ -444,7 +474,7 @@ def read_movielens(
     return tables
 
 
-def _schema(source: str, digest: str | None) -> dict[str, object]:
+def _schema(source: str, digest: str | None, original: str | None) -> dict[str, object]:
     return {
         "format_version": 1,
         "name": "MovieLens-100K",
@@ -458,6 +488,7 @@ def _schema(source: str, digest: str | None) -> dict[str, object]:
         "ratings": {"file": "ratings.csv", "user": "user_id", "item": "item_id",
                     "rating": "rating", "timestamp": "timestamp"},
         "source": {"importer": MARKER, "format": source, "sha256": digest,
+                   "known_original": original,
                    "citation": "F. Maxwell Harper and Joseph A. Konstan. 2015. The MovieLens "
                                "Datasets: History and Context. ACM TiiS 5(4): 19.",
                    "terms": "GroupLens: no redistribution without permission"},
@@ -520,13 +551,15 @@ def import_movielens(
                                       "(--overwrite) to replace it")
     tables = read_movielens(src, expected)
     digest = sha256_of(src) if Path(src).is_file() else None
+    original = known_original(src)
 
     def fill(tmp: Path) -> None:
         for name, frame in (("users", tables.users), ("items", tables.items),
                             ("ratings", tables.ratings)):
             frame.to_csv(tmp / f"{name}.csv", index=False, lineterminator="\n",
                          encoding="utf-8")
-        (tmp / "schema.json").write_text(json.dumps(_schema(tables.source, digest), indent=2)
+        (tmp / "schema.json").write_text(json.dumps(_schema(tables.source, digest, original),
+                                                    indent=2)
                                          + "\n", encoding="utf-8")
         load_dataset(tmp)  # validate before it replaces anything
 
