@@ -10,15 +10,20 @@ import torch
 
 from toyrec_helpers.baselines import OracleRecommender, PopularityRecommender
 from toyrec_helpers.choice import (
+    CHOICE_LR_GRID,
     ChoiceModel,
     ChoiceRecommender,
+    ChoiceValidation,
+    _first_batch,
     adapt_taste,
     choice_nll,
+    choice_validation,
     dense_features,
     meta_train_choice,
     purchase_sequences,
     train_choice,
     tune_choice_lr,
+    tune_meta_choice,
 )
 from toyrec_helpers.choice_rankers import (
     CombinedRecommender,
@@ -196,6 +201,83 @@ def test_training_tuning_and_meta_training_run_and_keep_the_best(data):
     seqs = purchase_sequences(d.dataset.interactions, d.split.train[:3])
     counts = d.dataset.interactions.groupby("user").size()
     assert [len(s) for s in seqs] == [int(counts[u]) for u in d.split.train[:3]]
+
+
+class _Table:
+    """A ranker that scores every task with the same fixed catalogue scores."""
+
+    def __init__(self, scores):
+        self.scores = torch.as_tensor(scores, dtype=torch.float32)
+
+    def predict(self, batch, items=None):
+        return self.scores.expand(len(batch), -1).clone()
+
+
+def test_choice_validation_is_shaped_like_the_test_and_scores_ndcg(data):
+    d, c = data, data.config
+    val = choice_validation(d)
+    cut = max(c.ks)
+    assert sorted(val.batches) == sorted(c.ks)
+    seqs = dict(zip(d.split.val, purchase_sequences(d.dataset.interactions, d.split.val),
+                    strict=True))
+    users = val.batches[cut].users.tolist()
+    assert set(users) <= set(int(u) for u in d.split.val)  # meta-validation shoppers only
+    ratings = d.dataset.interactions.set_index(["user", "item"])["rating"]
+    for row, user in enumerate(users[:5]):
+        seq = seqs[user]
+        for k, batch in val.batches.items():
+            assert batch.support_items[row, :k].tolist() == seq[:k].tolist()
+        # the first max(ks) purchases are out of the ranking, the rest may be relevant
+        assert sorted(torch.nonzero(val.exclude[1][row]).flatten().tolist()) == sorted(
+            seq[:cut].tolist())
+        liked = {int(i) for i in seq[cut:] if ratings[(user, int(i))] >= 4}
+        assert set(torch.nonzero(val.relevant[row]).flatten().tolist()) == liked
+    # a ranker that puts each shopper's relevant toys first scores 1; its reverse less
+    perfect = ChoiceValidation({5: val.batches[5]}, val.relevant, {5: val.exclude[5]})
+    class Key:
+        def predict(self, batch, items=None):
+            return val.relevant.float()
+    assert perfect.ndcg(Key()) == pytest.approx(1.0)
+    assert perfect.ndcg(_Table(torch.zeros(d.dataset.n_items))) < 1.0
+
+
+def test_first_episodes_are_shaped_like_the_test():
+    seqs = [np.arange(20), np.arange(30, 42), np.arange(50, 55)]
+    rng = np.random.default_rng(0)
+    batch, exclude = _first_batch(seqs, np.array([0, 1, 2]), (2, 4), 3, 10, 60, rng)
+    assert batch.users.tolist() == [0, 1]  # the third has no purchase after the first 10
+    for row, seq in enumerate(seqs[:2]):
+        k = int(batch.support_mask[row].sum())
+        assert 2 <= k <= 4 and batch.support_items[row, :k].tolist() == seq[:k].tolist()
+        query = batch.query_items[row][batch.query_mask[row] > 0].tolist()
+        assert 1 <= len(query) <= 3 and set(query) <= set(seq[10:].tolist())
+        assert sorted(torch.nonzero(exclude[row]).flatten().tolist()) == seq[:10].tolist()
+    with pytest.raises(ValueError, match="cut"):
+        _first_batch(seqs[2:], np.array([2]), (2, 4), 3, 10, 60, rng)
+
+
+def test_rates_and_meta_training_are_chosen_by_validation_ndcg(data):
+    d = data
+    val = choice_validation(d)
+    assert min(CHOICE_LR_GRID) <= 1e-3 and max(CHOICE_LR_GRID) >= 10  # "hardly adapt" too
+    ix, ux = dense_features(d.item_features), dense_features(d.user_features)
+    model, params = train_choice(ix, ux, d.dataset.interactions, d.split.train, val,
+                                 epochs=2, seed=0)
+    lr, table = tune_choice_lr(model, params, val, 2, grid=(0.01, 0.1, 1.0))
+    scores = {row["inner_lr"]: row["val_ndcg10"] for row in table}
+    assert scores[lr] == max(scores.values())
+    assert scores[lr] == pytest.approx(val.score(model, params, 2, lr))
+    best, result, table = tune_meta_choice(
+        model, params, d.dataset.interactions, d.split.train, val, inner_steps=2,
+        grid=(0.1, 1.0), max_extend=1, epochs=2, order="first", episodes="first",
+        k_range=(1, 5), cut=5, seed=0)
+    scores = {row["inner_lr"]: row["val_ndcg10"] for row in table}
+    assert len(scores) >= 2 and scores[best] == max(scores.values())
+    assert -result.history[result.best_epoch] == pytest.approx(scores[best])
+    assert result.history[result.best_epoch] == min(result.history)
+    with pytest.raises(ValueError, match="episodes"):
+        meta_train_choice(model, params, d.dataset.interactions, d.split.train, val,
+                          inner_lr=lr, episodes="middle")
 
 
 def test_registered_methods_rank_and_the_choice_ceiling_is_on_top(data):

@@ -17,10 +17,16 @@ from toyrec_helpers.episodes import collate
 from toyrec_helpers.evaluate import EvalConfig, OuterSettings, SupervisedSettings, evaluate
 from toyrec_helpers.evaluate.methods_hybrid import HYBRID_METHODS
 from toyrec_helpers.features import EncodedFeatures
-from toyrec_helpers.hybrid import HybridRecommender, HybridServer, fit_hybrid, item_counts
+from toyrec_helpers.hybrid import (
+    PRIOR_SHRINKAGE,
+    HybridRecommender,
+    HybridServer,
+    fit_hybrid,
+    item_counts,
+)
 from toyrec_helpers.meta import meta_train
 from toyrec_helpers.models import FeatureRecommender, parameter_names
-from toyrec_helpers.recommenders import AdaptedModelRecommender
+from toyrec_helpers.recommenders import AdaptedModelRecommender, PopularityRecommender
 from toyrec_helpers.toyshop import ToyShopConfig, generate_toyshop, write_toyshop
 
 
@@ -85,12 +91,48 @@ def test_pretraining_learns_item_quality_and_sets_the_mean_shopper():
     assert torch.isfinite(fit.params["shopper.taste"]).all()
 
 
+def test_residual_pretraining_starts_at_the_item_mean_and_keeps_the_best_epoch():
+    users, items = make_features(n_users=40, n_items=30)
+    inter = _interactions(40, 30)
+    train, val = np.arange(30), np.arange(30, 40)
+    pop = PopularityRecommender(inter, train, 30, shrinkage=PRIOR_SHRINKAGE)
+    fit = fit_hybrid(users, items, inter, train, epochs=6, lr=1e-2, seed=0, residual=True,
+                     val_users=val, patience=2)
+    torch.testing.assert_close(fit.model.item_prior, pop.scores - pop.global_mean)
+    assert float(fit.initial_params["item_bias.weight"].abs().max()) == 0.0
+    history = [h["val_mse"] for h in fit.training.history]
+    assert fit.training.best_epoch == int(np.nanargmin(history))
+    assert np.isfinite(history).all() and min(history) < history[0]  # training helped
+    held = inter[inter["user"].isin(val)]
+    u, i = (torch.tensor(held[c].to_numpy()) for c in ("user", "item"))
+    pred = fit.model(u, i).detach().numpy()
+    item_mean = pop.scores[i].numpy()
+    err = ((pred - held["rating"].to_numpy()) ** 2).mean()
+    assert err < ((item_mean - held["rating"].to_numpy()) ** 2).mean()
+    with pytest.raises(ValueError, match="new_shopper_rate"):
+        fit_hybrid(users, items, inter, train, epochs=1, new_shopper_rate=1.0)
+
+
+def test_pretraining_without_shopper_features_serves_every_new_shopper_alike():
+    users, items = make_features(n_users=40, n_items=30)
+    inter = _interactions(40, 30)
+    fit = fit_hybrid(users, items, inter, np.arange(30), epochs=2, lr=1e-2, seed=0,
+                     residual=True, shopper_features=False, new_shopper_rate=0.5)
+    pred = fit.model(torch.arange(30, 40)[:, None], torch.arange(30)).detach()
+    torch.testing.assert_close(pred, pred[:1].expand(10, 30))
+    with_features = fit_hybrid(users, items, inter, np.arange(30), epochs=2, lr=1e-2, seed=0,
+                               residual=True)
+    other = with_features.model(torch.arange(30, 40)[:, None], torch.arange(30)).detach()
+    assert float((other - other[:1]).abs().max()) > 1e-4
+
+
 @pytest.mark.parametrize("hidden", [(16, 8), ()])
 @pytest.mark.parametrize("meta_sgd", ["off", "tensor"])
 def test_server_matches_the_functional_path(hidden, meta_sgd):
     users, items = make_features(n_users=12, n_items=25)
     torch.manual_seed(0)
-    model = HybridRecommender(users, items, np.arange(25), hidden=hidden)
+    model = HybridRecommender(users, items, np.arange(25), hidden=hidden,
+                              prior=np.linspace(-1, 1, 25))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -18,11 +18,23 @@ ratings), by a few gradient steps on their negative log-likelihood. Its starting
 * :func:`adapt_taste` is the inner loop; :class:`ChoiceRecommender` adapts each new
   shopper's taste and returns ``log P(choose i)`` for the catalogue (``choice_finetune``
   from the global parameters, ``choice_maml`` from meta-learned ones).
-* :func:`meta_train_choice` is MAML (second or first order) on episodes resampled in
-  time: each epoch every meta-train shopper gives a support window of K consecutive
-  purchases starting at a random place, and the rest of their purchases as the query.
-* :func:`tune_choice_lr` picks the inner rate on meta-validation (query negative
-  log-likelihood), widening the grid when the best rate sits at an edge.
+* :func:`meta_train_choice` is MAML (second or first order) on episodes resampled every
+  epoch, either shaped like the protocol's test (``episodes="first"``: support = a
+  shopper's first K purchases, K drawn from a range, query = purchases after the first
+  ``cut``, the ones the test asks for) or windows (``episodes="window"``: K consecutive
+  purchases from a random place, the rest as query).
+* :class:`ChoiceValidation` (:func:`choice_validation`) holds meta-validation episodes
+  shaped like the protocol's test: each meta-validation shopper's first K purchases as
+  support for every K of the protocol, the purchases after the first ``max(ks)`` as
+  query, scored by full-catalogue NDCG@10 as the test is.
+* :func:`tune_choice_lr` picks the inner rate on meta-validation from a bracketed grid
+  (widened when the best rate sits at an edge; the grid reaches rates small enough that
+  "hardly adapt" is a candidate): by NDCG@10 with a :class:`ChoiceValidation` (what the
+  protocol's choice methods do), by query negative log-likelihood with a plain
+  ``EpisodeBatch``. :func:`tune_meta_choice` applies the same rule to a meta-learned
+  model: it meta-trains at every rate of the grid and keeps the best on meta-validation.
+  Every selection (the global model's epoch, the inner rate, the meta-training epoch)
+  uses the same meta-validation score.
 
 Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
 """
@@ -31,8 +43,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,16 +53,28 @@ import torch
 from torch import nn
 
 from toyrec_helpers.checks import check_int, check_number
-from toyrec_helpers.episodes import EpisodeBatch, Items, collate, resolve_items
+from toyrec_helpers.episodes import (
+    Episode,
+    EpisodeBatch,
+    Items,
+    collate,
+    make_episodes,
+    resolve_items,
+)
 from toyrec_helpers.features import EncodedFeatures
+from toyrec_helpers.metrics import catalogue_masks, catalogue_ndcg_at_k
+
+if TYPE_CHECKING:
+    from toyrec_helpers.evaluate.protocol import EvalData
 
 __all__ = [
-    "CHOICE_LR_GRID", "ChoiceModel", "ChoiceRecommender", "MetaChoiceResult", "adapt_taste",
-    "choice_nll", "dense_features", "meta_train_choice", "new_shopper_log_probs",
-    "purchase_sequences", "train_choice", "tune_choice_lr"
+    "CHOICE_LR_GRID", "ChoiceModel", "ChoiceRecommender", "ChoiceValidation", "MetaChoiceResult",
+    "adapt_taste", "choice_nll", "choice_validation", "dense_features", "meta_train_choice",
+    "new_shopper_log_probs", "purchase_sequences", "train_choice", "tune_choice_lr",
+    "tune_meta_choice"
 ]
 
-CHOICE_LR_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
+CHOICE_LR_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 """Inner rates tried for the taste vector (widened at an edge by :func:`tune_choice_lr`)."""
 
 Params = dict[str, torch.Tensor]
@@ -247,8 +272,90 @@ def purchase_sequences(interactions: pd.DataFrame, users: np.ndarray) -> list[np
     return [by_user.get(int(u), np.zeros(0, dtype=np.int64)) for u in users]
 
 
-def _val_loss(model: ChoiceModel, params: Params, batch: EpisodeBatch, steps: int,
-              lr: float) -> float:
+@dataclass
+class ChoiceValidation:
+    """Meta-validation episodes shaped like the protocol's test, scored as it is.
+
+    Attributes
+    ----------
+    batches : dict of int to EpisodeBatch
+        One batch per shot K: support = each shopper's first K purchases, query = their
+        purchases after the first ``cut`` (the same query for every K).
+    relevant : torch.Tensor
+        ``[T, n_items]`` bool: relevant query toys (on rated data those rated at least the
+        relevance threshold; on a purchase log every query purchase).
+    exclude : dict of int to torch.Tensor
+        Per shot, ``[T, n_items]`` bool: toys left out of the ranking (as the protocol's
+        ``catalogue_exclude`` says: the first ``cut`` purchases, or the support).
+    top : int
+        The cut-off of NDCG.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+
+    batches: dict[int, EpisodeBatch]
+    relevant: torch.Tensor
+    exclude: dict[int, torch.Tensor]
+    top: int = 10
+
+    def ndcg(self, recommender: object) -> float:
+        """Mean over the shots of the mean NDCG@``top`` over shoppers of a ranker (any
+        object whose ``predict(batch, "all")`` scores the catalogue)."""
+        values = []
+        for k, batch in self.batches.items():
+            scores = recommender.predict(batch, "all")  # type: ignore[attr-defined]
+            if scores.shape != self.relevant.shape:
+                raise ValueError(f"ChoiceValidation: scores for K={k} have shape "
+                                 f"{tuple(scores.shape)}, expected {tuple(self.relevant.shape)}")
+            v = catalogue_ndcg_at_k(scores, self.relevant, self.exclude[k], k=self.top)
+            v = v[~torch.isnan(v)]
+            values.append(float(v.mean()) if v.numel() else math.nan)
+        return float(np.nanmean(values)) if values else math.nan
+
+    def score(self, model: ChoiceModel, params: Params, steps: int, lr: float) -> float:
+        """:meth:`ndcg` of the choice model from ``params`` adapted by ``steps`` steps at
+        rate ``lr`` (``steps = 0``: unadapted)."""
+        return self.ndcg(ChoiceRecommender(model, params, steps, lr))
+
+
+def choice_validation(data: EvalData, top: int = 10) -> ChoiceValidation:
+    """:class:`ChoiceValidation` from the protocol's data: the meta-validation shoppers'
+    first ``K`` purchases for every ``K`` of ``data.config.ks`` as support, their purchases
+    after the first ``max(ks)`` as query (shoppers with fewer than ``max(ks) + min_query``
+    are left out), the relevance threshold and catalogue exclusion of the protocol; no
+    meta-test shopper is used.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    c = data.config
+    cut = max(c.ks)
+    episodes = make_episodes(data.dataset.interactions, data.split.val, cut, None,
+                             c.min_query, seed=c.split_seed).episodes
+    if not episodes:
+        raise ValueError(f"no meta-validation shopper has max(ks) + min_query = "
+                         f"{cut + c.min_query} purchases")
+    full = collate(episodes)
+    threshold = c.relevance_threshold if data.dataset.has_ratings else -math.inf
+    batches = {k: collate([Episode(e.user, e.support_items[:k], e.support_ratings[:k],
+                                   e.query_items, e.query_ratings) for e in episodes])
+               for k in sorted(c.ks)}
+    n_items = data.dataset.n_items
+    relevant, prefix = catalogue_masks(full.support_items, full.support_mask, full.query_items,
+                                       full.query_ratings, full.query_mask, n_items,
+                                       threshold=threshold)
+    exclude = {k: prefix if c.catalogue_exclude == "first_max_k" else catalogue_masks(
+        b.support_items, b.support_mask, b.query_items, b.query_ratings, b.query_mask,
+        n_items)[1] for k, b in batches.items()}
+    return ChoiceValidation(batches, relevant, exclude, top=top)
+
+
+def _val_loss(model: ChoiceModel, params: Params, batch: EpisodeBatch | ChoiceValidation,
+              steps: int, lr: float) -> float:
+    """What every selection minimises: ``-NDCG@10`` with a :class:`ChoiceValidation`,
+    the query negative log-likelihood with an ``EpisodeBatch``."""
+    if isinstance(batch, ChoiceValidation):
+        value = -batch.score(model, params, steps, lr)
+        return value if math.isfinite(value) else math.inf
     taste = adapt_taste(model, params, batch.users, batch.support_items, batch.support_mask,
                         steps, lr)
     with torch.no_grad():
@@ -262,15 +369,17 @@ def _val_loss(model: ChoiceModel, params: Params, batch: EpisodeBatch, steps: in
 
 def train_choice(
     item_x: torch.Tensor, user_x: torch.Tensor, interactions: pd.DataFrame,
-    train_users: np.ndarray, val_batch: EpisodeBatch, *, dim: int = 16, epochs: int = 8,
+    train_users: np.ndarray, val_batch: EpisodeBatch | ChoiceValidation, *, dim: int = 16,
+    epochs: int = 8,
     lr: float = 1e-2, batch_size: int = 512, weight_decay: float = 1e-5,
     taste_penalty: float = 1e-2, own_lr: float = 1e-2, select_steps: int = 5,
     select_grid: Sequence[float] = CHOICE_LR_GRID, seed: int = 0, verbose: bool = False,
 ) -> tuple[ChoiceModel, Params]:
     """Fit the choice model on every purchase of the meta-train shoppers (the unadapted
-    ``choice_global``), keeping the epoch with the lowest meta-validation query
-    negative log-likelihood after adaptation (``select_steps`` steps, the best rate of
-    ``select_grid``; support toys removed from the catalogue). During training each
+    ``choice_global``), keeping the epoch with the best meta-validation score after
+    adaptation (``select_steps`` steps, the best rate of ``select_grid``): NDCG@10 with a
+    :class:`ChoiceValidation`, the query negative log-likelihood (support toys removed
+    from the catalogue) with an ``EpisodeBatch``. During training each
     meta-train shopper has their own taste coordinates (L2 penalty ``taste_penalty``);
     their mean and covariance then shape the inner loop (:func:`_with_taste_prior`).
 
@@ -282,8 +391,8 @@ def train_choice(
         ``Dataset.interactions``; only rows of ``train_users`` are used.
     train_users : numpy.ndarray
         Meta-train shoppers.
-    val_batch : EpisodeBatch
-        Meta-validation episodes.
+    val_batch : EpisodeBatch or ChoiceValidation
+        Meta-validation episodes (see above).
     dim, epochs, lr, batch_size, weight_decay, seed
         Model size and Adam training.
     taste_penalty, own_lr
@@ -358,23 +467,13 @@ def _with_taste_prior(params: Params, own: torch.Tensor) -> Params:
     return out
 
 
-def tune_choice_lr(model: ChoiceModel, params: Params, val_batch: EpisodeBatch, steps: int,
-                   grid: Sequence[float] = CHOICE_LR_GRID, max_extend: int = 2
-                   ) -> tuple[float, list[dict[str, float]]]:
-    """The inner rate with the lowest meta-validation query negative log-likelihood after
-    adapting from ``params`` (ties to the smaller rate); when the best is at an edge of the
-    grid the grid is widened on that side by its outer ratio, up to ``max_extend`` times.
-
-    Returns
-    -------
-    best_lr : float
-    table : list of dict
-        ``inner_lr``, ``val_nll`` for every rate tried, sorted by rate.
-
-    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
-    """
+def _bracketed(loss: Callable[[float], float], grid: Sequence[float], max_extend: int
+               ) -> tuple[float, dict[float, float]]:
+    """The rate of ``grid`` with the lowest ``loss(rate)`` (ties to the smaller rate);
+    when the best is at an edge the grid is widened on that side by its outer ratio, up
+    to ``max_extend`` times."""
     rates = sorted(check_number(g, "argument 'grid'") for g in grid)
-    scores = {r: _val_loss(model, params, val_batch, steps, r) for r in rates}
+    scores = {r: loss(r) for r in rates}
     for _ in range(max_extend):
         best = min(scores, key=lambda r: (scores[r], r))
         lo, hi = min(scores), max(scores)
@@ -384,11 +483,41 @@ def tune_choice_lr(model: ChoiceModel, params: Params, val_batch: EpisodeBatch, 
             new = hi * rates[-1] / rates[-2]
         else:
             break
-        scores[new] = _val_loss(model, params, val_batch, steps, new)
+        scores[new] = loss(new)
     best = min(scores, key=lambda r: (scores[r], r))
     if not math.isfinite(scores[best]):
         raise FloatingPointError("every inner rate of the choice model diverged")
-    return best, [{"inner_lr": r, "val_nll": scores[r]} for r in sorted(scores)]
+    return best, scores
+
+
+def _table(scores: dict[float, float], validation: object) -> list[dict[str, float]]:
+    if isinstance(validation, ChoiceValidation):
+        return [{"inner_lr": r, "val_ndcg10": -scores[r]} for r in sorted(scores)]
+    return [{"inner_lr": r, "val_nll": scores[r]} for r in sorted(scores)]
+
+
+def tune_choice_lr(model: ChoiceModel, params: Params,
+                   val_batch: EpisodeBatch | ChoiceValidation, steps: int,
+                   grid: Sequence[float] = CHOICE_LR_GRID, max_extend: int = 2
+                   ) -> tuple[float, list[dict[str, float]]]:
+    """The inner rate with the best meta-validation score after adapting from ``params``:
+    the highest NDCG@10 with a :class:`ChoiceValidation`, the lowest query negative
+    log-likelihood with an ``EpisodeBatch`` (ties to the smaller rate); when the best is
+    at an edge of the grid the grid is widened on that side by its outer ratio, up to
+    ``max_extend`` times.
+
+    Returns
+    -------
+    best_lr : float
+    table : list of dict
+        ``inner_lr`` and ``val_ndcg10`` (or ``val_nll``) for every rate tried, sorted by
+        rate.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    best, scores = _bracketed(lambda r: _val_loss(model, params, val_batch, steps, r), grid,
+                              max_extend)
+    return best, _table(scores, val_batch)
 
 
 @dataclass
@@ -402,7 +531,9 @@ class MetaChoiceResult:
     best_epoch : int
         0 = the starting parameters were best.
     history : list of float
-        Meta-validation query negative log-likelihood after each epoch (index 0: start).
+        Meta-validation loss after each epoch (index 0: start): ``-NDCG@10`` with a
+        :class:`ChoiceValidation`, the query negative log-likelihood with an
+        ``EpisodeBatch``.
     stopped_early : bool
 
     Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
@@ -418,8 +549,6 @@ def _resampled_batch(sequences: list[np.ndarray], users: np.ndarray, k: int, q: 
                      rng: np.random.Generator) -> EpisodeBatch:
     """One episode per shopper: K consecutive purchases from a random start (support) and
     up to ``q`` of their other purchases (query)."""
-    from toyrec_helpers.episodes import Episode
-
     episodes = []
     for user, seq in zip(users, sequences, strict=True):
         if len(seq) < k + 1:
@@ -433,31 +562,70 @@ def _resampled_batch(sequences: list[np.ndarray], users: np.ndarray, k: int, q: 
     return collate(episodes)
 
 
+def _first_batch(sequences: list[np.ndarray], users: np.ndarray, k_range: tuple[int, int],
+                 q: int, cut: int, n_items: int, rng: np.random.Generator
+                 ) -> tuple[EpisodeBatch, torch.Tensor]:
+    """One episode per shopper with more than ``cut`` purchases, shaped like the protocol's
+    test: support = the first K (K uniform on ``k_range``), query = up to ``q`` of the
+    purchases after the first ``cut``. Also returns the ``[T, n_items]`` mask of the first
+    ``cut`` purchases (left out of the catalogue, as the test leaves them out)."""
+    episodes, prefixes = [], []
+    for user, seq in zip(users, sequences, strict=True):
+        if len(seq) <= cut:
+            continue
+        k = int(rng.integers(k_range[0], k_range[1] + 1))
+        query = rng.permutation(seq[cut:])[:q]
+        episodes.append(Episode(int(user), seq[:k], np.ones(k, dtype=np.float32), query,
+                                np.ones(len(query), dtype=np.float32)))
+        prefixes.append(seq[:cut])
+    if not episodes:
+        raise ValueError(f"no meta-train shopper has more than cut = {cut} purchases")
+    exclude = torch.zeros(len(episodes), n_items, dtype=torch.bool)
+    for row, prefix in enumerate(prefixes):
+        exclude[row, torch.from_numpy(prefix)] = True
+    return collate(episodes), exclude
+
+
 def meta_train_choice(
     model: ChoiceModel, params: Params, interactions: pd.DataFrame, train_users: np.ndarray,
-    val_batch: EpisodeBatch, *, inner_lr: float, inner_steps: int = 5, k: int = 5,
-    q: int = 20, order: str = "second", meta_batch: int = 32, outer_lr: float = 1e-3,
-    epochs: int = 10, patience: int = 3, seed: int = 0,
+    val_batch: EpisodeBatch | ChoiceValidation, *, inner_lr: float, inner_steps: int = 5,
+    k: int = 5, q: int = 20, order: str = "second", meta_batch: int = 32,
+    outer_lr: float = 1e-3, epochs: int = 10, patience: int = 3, seed: int = 0,
+    episodes: str = "window", k_range: tuple[int, int] | None = None, cut: int | None = None,
 ) -> MetaChoiceResult:
     """MAML for the choice model: learn the parameters (and the taste vector's starting
     point) so that ``inner_steps`` steps on K chosen toys predict the shopper's other
-    choices. Episodes are resampled every epoch (a support window of ``k`` consecutive
-    purchases at a random place in each meta-train shopper's history, ``q`` other
-    purchases as query); the outer loss is the query negative log-likelihood with the
-    support toys removed from the catalogue. Keeps the best meta-validation epoch
-    (query negative log-likelihood after adaptation), stopping after ``patience`` epochs
-    without improvement.
+    choices. Episodes are resampled every epoch (see ``episodes``); the outer loss is the
+    query negative log-likelihood with the support toys (``"first"``: the first ``cut``
+    purchases) removed from the catalogue. Keeps the best meta-validation epoch (after
+    adaptation: NDCG@10 with a :class:`ChoiceValidation`, query negative log-likelihood
+    with an ``EpisodeBatch``), stopping after ``patience`` epochs without improvement.
 
     Parameters
     ----------
     order : {"second", "first"}
         Second-order MAML, or first-order (FOMAML: the inner steps' gradients are not
         differentiated).
+    episodes : {"window", "first"}
+        ``"window"``: a support window of ``k`` consecutive purchases at a random place in
+        each meta-train shopper's history, ``q`` of their other purchases as query.
+        ``"first"``: shaped like the protocol's test, support = the shopper's first K
+        purchases (K uniform on ``k_range``), query = ``q`` of the purchases after the
+        first ``cut``.
+    k_range, cut
+        For ``"first"``: support sizes (default ``(k, k)``) and where the query starts
+        (default the largest K).
 
     Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
     """
     if order not in ("second", "first"):
         raise ValueError(f"argument 'order': expected 'second' or 'first', got {order!r}")
+    if episodes not in ("window", "first"):
+        raise ValueError(f"argument 'episodes': expected 'window' or 'first', got {episodes!r}")
+    k_lo, k_hi = (k, k) if k_range is None else (int(k_range[0]), int(k_range[1]))
+    if not 1 <= k_lo <= k_hi:
+        raise ValueError(f"argument 'k_range': expected 1 <= low <= high, got {k_range!r}")
+    cut = k_hi if cut is None else check_int(cut, "argument 'cut'", k_hi)
     for name, value in (("inner_steps", inner_steps), ("k", k), ("q", q),
                         ("meta_batch", meta_batch), ("epochs", epochs), ("patience", patience)):
         check_int(value, f"argument '{name}'", 1 if name != "inner_steps" else 0)
@@ -469,14 +637,22 @@ def meta_train_choice(
     best = (history[0], copy.deepcopy({n: p.detach() for n, p in params.items()}), 0)
     waited, stopped = 0, False
     for epoch in range(1, epochs + 1):
-        batch = _resampled_batch(sequences, np.asarray(train_users), k, q, rng)
+        if episodes == "first":
+            batch, prefix = _first_batch(sequences, np.asarray(train_users), (k_lo, k_hi), q,
+                                         cut, model.n_items, rng)
+        else:
+            batch, prefix = _resampled_batch(sequences, np.asarray(train_users), k, q, rng), None
         perm = torch.as_tensor(rng.permutation(len(batch)))
         for lo in range(0, len(perm), meta_batch):
-            b = batch.select(perm[lo:lo + meta_batch])
+            rows = perm[lo:lo + meta_batch]
+            b = batch.select(rows)
             taste = adapt_taste(model, work, b.users, b.support_items, b.support_mask,
                                 inner_steps, inner_lr, create_graph=order == "second")
-            exclude = torch.zeros(len(b), model.n_items, dtype=torch.bool)
-            exclude.scatter_(1, b.support_items, b.support_mask > 0)
+            if prefix is not None:
+                exclude = prefix[rows]
+            else:
+                exclude = torch.zeros(len(b), model.n_items, dtype=torch.bool)
+                exclude.scatter_(1, b.support_items, b.support_mask > 0)
             loss = choice_nll(model.logits(work, b.users, taste), b.query_items,
                               b.query_mask, exclude).mean()
             opt.zero_grad()
@@ -492,3 +668,37 @@ def meta_train_choice(
                 stopped = True
                 break
     return MetaChoiceResult(best[1], best[2], history, stopped)
+
+
+def tune_meta_choice(
+    model: ChoiceModel, params: Params, interactions: pd.DataFrame, train_users: np.ndarray,
+    val_batch: EpisodeBatch | ChoiceValidation, *, inner_steps: int = 5,
+    grid: Sequence[float] = CHOICE_LR_GRID, max_extend: int = 2, **meta: object,
+) -> tuple[float, MetaChoiceResult, list[dict[str, float]]]:
+    """:func:`tune_choice_lr`'s rule for a meta-learned model: for every inner rate of the
+    bracketed ``grid`` (widened at an edge as there) run :func:`meta_train_choice` from
+    ``params`` at that rate, and keep the rate whose kept epoch scores best on
+    meta-validation (ties to the smaller rate). ``meta`` are further arguments of
+    :func:`meta_train_choice` (``order``, ``episodes``, ...).
+
+    Returns
+    -------
+    best_lr : float
+    result : MetaChoiceResult
+        Meta-training at ``best_lr``.
+    table : list of dict
+        As :func:`tune_choice_lr`'s, for the kept epoch of every rate tried.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    results: dict[float, MetaChoiceResult] = {}
+
+    def loss(rate: float) -> float:
+        results[rate] = meta_train_choice(model, params, interactions, train_users, val_batch,
+                                          inner_lr=rate, inner_steps=inner_steps,
+                                          **meta)  # type: ignore[arg-type]
+        value = results[rate].history[results[rate].best_epoch]
+        return value if math.isfinite(value) else math.inf
+
+    best, scores = _bracketed(loss, grid, max_extend)
+    return best, results[best], _table(scores, val_batch)

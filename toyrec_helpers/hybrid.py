@@ -5,12 +5,15 @@ A rating is predicted as
 
 .. math::
 
-    \\hat r_{ui} = f_\\theta(x_u, x_i) + w_i\\,(b_i + e_i^\\top t) + \\beta,
+    \\hat r_{ui} = f_\\theta(x_u, x_i) + p_i + w_i\\,(b_i + e_i^\\top t) + \\beta,
     \\qquad w_i = \\frac{n_i}{n_i + \\lambda},
 
 * :math:`f_\\theta` is the feature model of chapter 3
   (:class:`~toyrec_helpers.models.FeatureRecommender`, shopper and item features through an
   MLP; with no feature column at all it is one learned constant);
+* :math:`p_i` is an optional fixed prior (0 by default; with ``fit_hybrid(...,
+  residual=True)`` the shrunk item mean of ``popularity`` minus the mean rating, so that
+  the learned identity is a residual over the item mean);
 * :math:`b_i` (a bias) and :math:`e_i \\in \\mathbb{R}^d` (an embedding) are the item's
   identity, learned from the training shoppers' ratings;
 * :math:`n_i` is the number of training ratings of item :math:`i` and :math:`\\lambda` the
@@ -29,8 +32,13 @@ the results table.
 
 Pretraining (:func:`fit_hybrid`) is matrix factorisation plus features: during supervised
 training each training shopper has their own bias and taste vector (a table kept outside
-the model); afterwards the shared starting point :math:`(\\beta, t)` is their mean. The
-item embeddings have thus learned directions along which shoppers differ.
+the model); afterwards the shared starting point :math:`(\\beta, t)` is the mean shopper.
+The item embeddings have thus learned directions along which shoppers differ. Optional
+early stopping on meta-validation shoppers (served as new shoppers) picks the epoch, and
+``shopper_features=False`` leaves the shopper features out of :math:`f_\\theta` (where a
+few coarse attributes nearly identify each training shopper, the MLP memorises them; the
+registered methods choose on meta-validation,
+:func:`~toyrec_helpers.evaluate.methods_hybrid.hybrid_fit`).
 
 Serving (:class:`HybridServer`): with ``adapt="head"`` nothing on the item side changes
 per shopper, so the item half of the MLP's first layer, the shrink weights and the
@@ -47,6 +55,7 @@ Introduced in chapter 7 (book/07_real_ratings.ipynb); the model is previewed in 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -62,7 +71,20 @@ from toyrec_helpers.models import FeatureRecommender, Lookup, lookup_index, pool
 from toyrec_helpers.recommenders import FixedModelRecommender, ratings_of
 from toyrec_helpers.training import train_supervised
 
-__all__ = ["HybridRecommender", "HybridServer", "fit_hybrid", "item_counts"]
+__all__ = ["PRIOR_SHRINKAGE", "HybridRecommender", "HybridServer", "fit_hybrid",
+           "item_counts", "without_columns"]
+
+
+def without_columns(features: EncodedFeatures) -> EncodedFeatures:
+    """The same table (same number of rows) with no feature column at all.
+
+    Introduced in chapter 7 (book/07_real_ratings.ipynb).
+    """
+    return dataclasses.replace(
+        features, categorical=features.categorical[:, :0], categorical_names=(),
+        categorical_sizes=(), multi=(), multi_names=(), multi_sizes=(),
+        numeric=features.numeric[:, :0], numeric_names=())
+
 
 def item_counts(interactions: pd.DataFrame, users: np.ndarray | Sequence[int],
                 n_items: int) -> np.ndarray:
@@ -98,6 +120,10 @@ class HybridRecommender(nn.Module):
         Size :math:`d` of the item embeddings and of the taste vector.
     shrinkage : float
         :math:`\\lambda` of the shrink weights :math:`w_i = n_i / (n_i + \\lambda)`.
+    prior : array of float, optional
+        ``[n_items]`` fixed offsets :math:`p_i` added to every prediction (not learned;
+        default 0). :func:`fit_hybrid` passes the shrunk item mean minus the mean rating,
+        so that the learned identity is a residual over the item mean.
 
     Attributes
     ----------
@@ -111,6 +137,8 @@ class HybridRecommender(nn.Module):
         group that ``adapt="head"`` changes.
     item_weight : torch.Tensor
         Buffer :math:`w_i` (not in the ``state_dict``: it comes from the data).
+    item_prior : torch.Tensor
+        Buffer :math:`p_i` (not in the ``state_dict``; zeros without ``prior``).
 
     Introduced in chapter 7 (book/07_real_ratings.ipynb).
     """
@@ -127,6 +155,7 @@ class HybridRecommender(nn.Module):
         rating_mean: float = 3.0,
         identity_dim: int = 8,
         shrinkage: float = 5.0,
+        prior: np.ndarray | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         counts = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
@@ -149,6 +178,12 @@ class HybridRecommender(nn.Module):
         self.shopper = _Shopper(self.identity_dim)
         weight = counts / (counts + self.shrinkage) if self.shrinkage > 0 else (counts > 0)
         self.register_buffer("item_weight", weight.float(), persistent=False)
+        offsets = torch.zeros(self.n_items) if prior is None else torch.as_tensor(
+            np.asarray(prior, dtype=np.float32))
+        if offsets.shape != (self.n_items,) or not bool(torch.isfinite(offsets).all()):
+            raise ValueError(f"argument 'prior': expected {self.n_items} finite offsets, got "
+                             f"shape {tuple(offsets.shape)}")
+        self.register_buffer("item_prior", offsets.float(), persistent=False)
         self._config = {"class": type(self).__name__, "identity_dim": self.identity_dim,
                         "shrinkage": self.shrinkage, "features": self.features.model_config}
 
@@ -167,28 +202,41 @@ class HybridRecommender(nn.Module):
         """Predicted ratings of ``items`` by ``users`` (broadcast, as the feature model)."""
         users, items = torch.broadcast_tensors(users, items)
         bias, vectors = self.identity(items)
-        return (self.features(users, items) + bias + vectors @ self.shopper.taste
-                + self.shopper.bias)
+        return (self.features(users, items) + self.item_prior[items] + bias
+                + vectors @ self.shopper.taste + self.shopper.bias)
 
 
 class _Pretraining(nn.Module):
     """The hybrid plus one bias and taste offset per shopper: matrix factorisation with
-    features, used only by :func:`fit_hybrid`."""
+    features, used only by :func:`fit_hybrid`. The offsets of shoppers outside ``rows``
+    (validation shoppers) start at zero and stay there (they get no gradient), so the
+    model predicts them as a shopper never seen. With ``new_rate > 0`` each training rating
+    is, with that probability, predicted without its shopper's offsets (as for a new
+    shopper), so that the feature model and the shared shopper part learn to serve one."""
 
-    def __init__(self, model: HybridRecommender) -> None:
+    def __init__(self, model: HybridRecommender, rows: torch.Tensor,
+                 new_rate: float = 0.0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.new_rate = model, float(new_rate)
         self.user_bias = nn.Embedding(model.n_users, 1)
         self.user_taste = nn.Embedding(model.n_users, model.identity_dim)
         with torch.no_grad():
             self.user_bias.weight.zero_()
-            self.user_taste.weight.normal_(0.0, 0.1)
+            self.user_taste.weight.zero_()
+            self.user_taste.weight[rows] = torch.randn(len(rows), model.identity_dim) * 0.1
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
         _, vectors = self.model.identity(items)
         own = self.user_bias(users).squeeze(-1) + (vectors * self.user_taste(users)).sum(-1)
+        if self.new_rate > 0 and torch.is_grad_enabled():
+            own = own * (torch.rand(own.shape) >= self.new_rate)
         return self.model(users, items) + own
+
+
+PRIOR_SHRINKAGE: float = 10.0
+"""Shrinkage of the item-mean prior of :func:`fit_hybrid` (``residual=True``): that of
+``popularity`` (:class:`~toyrec_helpers.recommenders.PopularityRecommender`)."""
 
 
 def fit_hybrid(
@@ -196,16 +244,32 @@ def fit_hybrid(
     train_users: np.ndarray | Sequence[int], *, embedding_dim: int = 8,
     hidden: tuple[int, ...] = (64, 32), identity_dim: int = 8, shrinkage: float = 5.0,
     epochs: int = 6, lr: float = 3e-3, batch_size: int = 512, weight_decay: float = 0.0,
-    seed: int = 0, name: str = "global_hybrid",
+    seed: int = 0, name: str = "global_hybrid", residual: bool = False,
+    val_users: np.ndarray | Sequence[int] | None = None,
+    val_interactions: pd.DataFrame | None = None, patience: int | None = None,
+    new_shopper_rate: float = 0.0, shopper_features: bool = True,
 ) -> FittedBaseline:
     """Pretrain the hybrid on the training shoppers' ratings (the hybrid "global" model).
 
-    The item biases start at the items' mean training ratings minus the overall mean, so
-    that before training :math:`w_i b_i` is the shrunk item mean of ``popularity``.
+    Two starting points of the item side. ``residual=False``: the item biases start at the
+    items' mean training ratings minus the overall mean, so that before training
+    :math:`w_i b_i` is close to the shrunk item mean of ``popularity``, and training may
+    move them anywhere. ``residual=True``: the shrunk item mean of ``popularity`` (minus
+    the mean rating; shrinkage :data:`PRIOR_SHRINKAGE`) is a fixed prior :math:`p_i`
+    (``prior`` of :class:`HybridRecommender`), the item biases start at 0 and learn only
+    what the item mean misses: before training the model *is* the item mean (plus the
+    feature model's small initial output), which it can only improve on the training data.
+
     Training is minibatch Adam on the squared error
     (:func:`~toyrec_helpers.training.train_supervised`, the feature model's settings), with
     a bias and a taste vector per training shopper; the model's shared shopper part is
-    then set to their mean, which is what a shopper never seen gets before adapting.
+    then moved to the mean shopper (shared part plus the mean of the per-shopper offsets),
+    which is what a shopper never seen gets before adapting.
+
+    With ``val_users`` (meta-validation shoppers, whose ratings are in ``val_interactions``,
+    default ``interactions``) the validation MSE of the model *as it serves a new shopper*
+    (their offsets stay 0) is measured after every epoch and the best epoch is kept;
+    ``patience`` stops training after that many epochs without improvement.
 
     Parameters
     ----------
@@ -217,6 +281,22 @@ def fit_hybrid(
         Training settings.
     name : str
         Label of the recommender.
+    residual : bool
+        Learn the item identity as a residual over the fixed shrunk item mean (above).
+    val_users, val_interactions, patience
+        Optional early stopping on meta-validation shoppers (above).
+    new_shopper_rate : float
+        Share of training ratings predicted without their shopper's own offsets, as for
+        a new shopper (in [0, 1); 0 = plain matrix factorisation). Without it the
+        per-shopper offsets can absorb what the shopper features explain, and the feature
+        model then drifts in ways that a new shopper, who has no offsets, pays for.
+    shopper_features : bool
+        ``False``: the feature model sees no shopper feature (:func:`without_columns`),
+        only the items'. Where a few coarse shopper attributes nearly identify each
+        training shopper (MovieLens: age band, gender, occupation, zip digit), the MLP
+        memorises the training shoppers through them and serves new ones worse; which
+        choice is better is a model-selection question for the meta-validation shoppers
+        (:func:`~toyrec_helpers.evaluate.methods_hybrid.hybrid_fit` asks it).
 
     Returns
     -------
@@ -225,26 +305,43 @@ def fit_hybrid(
 
     Introduced in chapter 7 (book/07_real_ratings.ipynb).
     """
+    if not 0.0 <= float(new_shopper_rate) < 1.0:
+        raise ValueError(f"argument 'new_shopper_rate': expected a number in [0, 1), got "
+                         f"{new_shopper_rate!r}")
     start = time.perf_counter()
+    if not shopper_features:
+        user_features = without_columns(user_features)
     users, items, ratings = ratings_of(interactions, train_users)
     counts = item_counts(interactions, train_users, item_features.n)
+    mu = float(ratings.mean())
+    sums = np.bincount(items, weights=ratings, minlength=item_features.n)
+    prior = None
+    if residual:
+        prior = (sums + PRIOR_SHRINKAGE * mu) / (counts + PRIOR_SHRINKAGE) - mu
+    rows = torch.as_tensor(np.unique(np.asarray(train_users)), dtype=torch.int64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = HybridRecommender(user_features, item_features, counts, embedding_dim, hidden,
-                                  float(ratings.mean()), identity_dim, shrinkage)
-        wrapper = _Pretraining(model)
-    with torch.no_grad():  # start from the item means: w_i b_i is then the shrunk item mean
-        sums = np.bincount(items, weights=ratings, minlength=item_features.n)
-        means = np.where(counts > 0, sums / np.maximum(counts, 1) - ratings.mean(), 0.0)
-        model.item_bias.weight.copy_(torch.as_tensor(means, dtype=torch.float32)[:, None])
+                                  mu, identity_dim, shrinkage, prior=prior)
+        wrapper = _Pretraining(model, rows, new_shopper_rate)
+    if not residual:
+        with torch.no_grad():  # start from the item means: w_i b_i near the shrunk item mean
+            means = np.where(counts > 0, sums / np.maximum(counts, 1) - mu, 0.0)
+            model.item_bias.weight.copy_(torch.as_tensor(means, dtype=torch.float32)[:, None])
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = train_supervised(wrapper, users, items, ratings, epochs=epochs, lr=lr,
-                              batch_size=batch_size, weight_decay=weight_decay, seed=seed)
+    val = None
+    if val_users is not None:
+        val = ratings_of(interactions if val_interactions is None else val_interactions,
+                         val_users)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))  # the new-shopper draws
+        result = train_supervised(wrapper, users, items, ratings, epochs=epochs, lr=lr,
+                                  batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                                  val=val, patience=patience if val is not None else None)
     wrapper.load_state_dict(result.params)
-    rows = torch.as_tensor(np.unique(np.asarray(train_users)), dtype=torch.int64)
     with torch.no_grad():
-        model.shopper.bias.copy_(wrapper.user_bias.weight[rows].mean())
-        model.shopper.taste.copy_(wrapper.user_taste.weight[rows].mean(0))
+        model.shopper.bias.add_(wrapper.user_bias.weight[rows].mean())
+        model.shopper.taste.add_(wrapper.user_taste.weight[rows].mean(0))
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     return FittedBaseline(recommender=FixedModelRecommender(model, params, name=name),
                           model=model, params=params, initial_params=initial,
@@ -254,7 +351,8 @@ def fit_hybrid(
 class HybridServer:
     """Serve new shoppers of a hybrid model adapted with ``adapt="head"``, cheaply.
 
-    The item side (the item half of the first MLP layer, :math:`w_i b_i`, :math:`w_i e_i`)
+    The item side (the item half of the first MLP layer, :math:`p_i + w_i b_i`,
+    :math:`w_i e_i`)
     is computed once at construction, and a shopper's unadapted scores once per shopper
     (:meth:`profile`: one pass of the MLP over the catalogue, which depends on the
     shopper's features but not on their ratings). :meth:`recommend` then adapts the
@@ -299,7 +397,8 @@ class HybridServer:
             w0 = self._head["mlp.0.weight"]
             self._user_width = w0.shape[1] - items.shape[1]
             self._item_pre = items @ w0[:, self._user_width:].T  # [N, h1], once
-            self.item_bias = model.item_weight * self.params["item_bias.weight"].squeeze(-1)
+            self.item_bias = (model.item_prior
+                              + model.item_weight * self.params["item_bias.weight"].squeeze(-1))
             self.item_vectors = (model.item_weight.unsqueeze(-1)
                                  * self.params["item_embedding.weight"])
 
@@ -320,7 +419,8 @@ class HybridServer:
 
     @torch.no_grad()
     def profile(self, user: int) -> torch.Tensor:
-        """The shopper's scores before adaptation, ``f(x_u, x_i) + w_i b_i`` ``[n_items]``:
+        """The shopper's scores before adaptation, ``f(x_u, x_i) + p_i + w_i b_i``
+        ``[n_items]``:
         they depend on the shopper's features only, so they are computed once per shopper
         (at sign-up, before any rating) and kept (the last :attr:`keep` shoppers)."""
         user = int(user)

@@ -14,12 +14,20 @@ Registered in table order after the built-in methods:
 * ``oracle_choice``: the generator's probability of buying and rating 4 or more (ToyShop
   only), seed-free.
 
-Every choice method is a ranking (``predicts_ratings=False``). ``choice_finetune``,
-``choice_fomaml`` and ``choice_maml`` share one inner rate per seed, tuned from the global
-choice model on the meta-validation shoppers by
-:func:`~toyrec_helpers.choice.tune_choice_lr` (one rule, one grid: the same tuning budget);
-meta-training uses the protocol's ``outer`` settings (meta-batch, Adam rate, epochs,
-patience) and ``train_k``.
+Every choice method is a ranking (``predicts_ratings=False``). Every selection is made
+on the meta-validation shoppers by one score, NDCG@10 of episodes shaped like the
+protocol's test (:func:`~toyrec_helpers.choice.choice_validation`: first K purchases as
+support for every K of the protocol, the purchases after the first ``max(ks)`` as
+query): the global model's epoch, and the inner rate of each adapted method by one rule
+and one bracketed grid (:data:`~toyrec_helpers.choice.CHOICE_LR_GRID`, 0.001 to 10, so
+that "hardly adapt" is a candidate): ``choice_finetune``'s from the global model
+(:func:`~toyrec_helpers.choice.tune_choice_lr`), ``choice_fomaml``'s and
+``choice_maml``'s by meta-training at every rate of the grid and keeping the best
+(:func:`~toyrec_helpers.choice.tune_meta_choice`), as is each epoch of meta-training.
+Meta-training uses the protocol's ``outer`` settings (meta-batch, Adam rate, epochs,
+patience) on episodes shaped like the test (``episodes="first"``: support = a meta-train
+shopper's first K purchases, K drawn from ``train_k_range``, query = purchases after the
+first ``max(ks)``).
 
 Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
 """
@@ -38,10 +46,12 @@ from toyrec_helpers.baselines import AdaptedModelRecommender
 from toyrec_helpers.choice import (
     CHOICE_LR_GRID,
     ChoiceRecommender,
+    MetaChoiceResult,
+    choice_validation,
     dense_features,
-    meta_train_choice,
     train_choice,
     tune_choice_lr,
+    tune_meta_choice,
 )
 from toyrec_helpers.choice_rankers import (
     CombinedRecommender,
@@ -62,7 +72,10 @@ class ChoiceSettings:
     dim, epochs, lr, batch_size, taste_penalty, own_lr
         :func:`~toyrec_helpers.choice.train_choice`.
     lr_grid : tuple of float
-        Inner rates tried (:func:`~toyrec_helpers.choice.tune_choice_lr`).
+        Inner rates tried, by every adapted choice method
+        (:func:`~toyrec_helpers.choice.tune_choice_lr`,
+        :func:`~toyrec_helpers.choice.tune_meta_choice`), extended at an edge by up to the
+        protocol's ``inner.lr_extend`` rates per side.
     query : int
         Query purchases per resampled meta-training episode.
 
@@ -86,9 +99,11 @@ _STATE: weakref.WeakKeyDictionary[SeedContext, dict[str, Any]] = weakref.WeakKey
 
 
 def choice_state(ctx: SeedContext) -> dict[str, Any]:
-    """What the choice methods of one seed share, computed on first use: ``model`` and
-    ``params`` (the global choice model), ``inner_lr`` (tuned), and the meta-trained
-    results by order (``"maml_second"``, ``"maml_first"``).
+    """What the choice methods of one seed share, computed on first use: ``validation``
+    (:func:`~toyrec_helpers.choice.choice_validation`), ``model`` and ``params`` (the
+    global choice model), ``inner_lr`` and ``tuning`` (``choice_finetune``'s rate), and
+    the meta-trained results by order (``"maml_second"``, ``"maml_first"``: each a tuple
+    of its tuned rate, :class:`~toyrec_helpers.choice.MetaChoiceResult` and tuning table).
 
     Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
     """
@@ -96,30 +111,33 @@ def choice_state(ctx: SeedContext) -> dict[str, Any]:
     if "model" not in state:
         d = ctx.data
         torch.manual_seed(ctx.seed)
+        validation = choice_validation(d)
         model, params = train_choice(
             dense_features(d.item_features), dense_features(d.user_features),
-            d.dataset.interactions, d.split.train, d.val_batch, dim=CHOICE.dim,
+            d.dataset.interactions, d.split.train, validation, dim=CHOICE.dim,
             epochs=CHOICE.epochs, lr=CHOICE.lr, batch_size=CHOICE.batch_size,
             taste_penalty=CHOICE.taste_penalty, own_lr=CHOICE.own_lr,
             select_steps=ctx.config.inner.steps, select_grid=CHOICE.lr_grid, seed=ctx.seed)
-        lr, table = tune_choice_lr(model, params, d.val_batch, ctx.config.inner.steps,
-                                   CHOICE.lr_grid)
-        state.update(model=model, params=params, inner_lr=lr, tuning=table)
+        lr, table = tune_choice_lr(model, params, validation, ctx.config.inner.steps,
+                                   CHOICE.lr_grid, max_extend=ctx.config.inner.lr_extend)
+        state.update(validation=validation, model=model, params=params, inner_lr=lr,
+                     tuning=table)
     return state
 
 
-def _meta(ctx: SeedContext, order: str) -> Any:
+def _meta(ctx: SeedContext, order: str) -> tuple[float, MetaChoiceResult]:
     state = choice_state(ctx)
     key = f"maml_{order}"
     if key not in state:
         c, o = ctx.config, ctx.config.outer
-        state[key] = meta_train_choice(
+        state[key] = tune_meta_choice(
             state["model"], state["params"], ctx.data.dataset.interactions,
-            ctx.data.split.train, ctx.data.val_batch, inner_lr=state["inner_lr"],
-            inner_steps=c.inner.steps, k=max(1, c.train_k), q=CHOICE.query, order=order,
-            meta_batch=o.meta_batch, outer_lr=o.outer_lr, epochs=o.epochs,
-            patience=o.patience, seed=ctx.seed)
-    return state[key]
+            ctx.data.split.train, state["validation"], inner_steps=c.inner.steps,
+            grid=CHOICE.lr_grid, max_extend=c.inner.lr_extend, k=max(1, c.train_k),
+            q=CHOICE.query, order=order, meta_batch=o.meta_batch, outer_lr=o.outer_lr,
+            epochs=o.epochs, patience=o.patience, seed=ctx.seed, episodes="first",
+            k_range=c.train_k_range, cut=max(c.ks))
+    return state[key][0], state[key][1]
 
 
 @method("itemknn", predicts_ratings=False, seed_free=True,
@@ -147,11 +165,12 @@ def _choice_finetune(ctx: SeedContext) -> MethodFit:
 
 def _choice_meta(name: str, order: str):  # noqa: ANN202 - a fit function
     def fit(ctx: SeedContext) -> MethodFit:
-        s, result = choice_state(ctx), _meta(ctx, order)
-        rec = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps,
-                                s["inner_lr"], name=name)
-        return MethodFit(rec, inner_lr=s["inner_lr"], best_epoch=result.best_epoch,
-                         stopped_early=result.stopped_early)
+        s, (lr, result) = choice_state(ctx), _meta(ctx, order)
+        rec = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps, lr,
+                                name=name)
+        return MethodFit(rec, inner_lr=lr, best_epoch=result.best_epoch,
+                         stopped_early=result.stopped_early,
+                         epochs_run=len(result.history) - 1)
 
     return fit
 
@@ -172,9 +191,9 @@ def _validation_rmse(rec: AdaptedModelRecommender, ctx: SeedContext) -> float:
 @method("choice_combined", predicts_ratings=False, needs=("ratings",),
         description="choice_maml's log P(choose) + log P(r >= 4) from finetune")
 def _choice_combined(ctx: SeedContext) -> MethodFit:
-    s, result = choice_state(ctx), _meta(ctx, "second")
-    choice = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps,
-                               s["inner_lr"], name="choice_maml")
+    s, (choice_lr, result) = choice_state(ctx), _meta(ctx, "second")
+    choice = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps, choice_lr,
+                               name="choice_maml")
     g, lr = ctx.global_fit(), ctx.inner_lr("all")
     rating = AdaptedModelRecommender(g.model, g.params, ctx.config.meta_config(lr),
                                      name="finetune")
@@ -182,8 +201,8 @@ def _choice_combined(ctx: SeedContext) -> MethodFit:
     rec = CombinedRecommender(choice, rating, sigma if math.isfinite(sigma) else 1.0,
                               threshold=ctx.config.relevance_threshold,
                               name="choice_combined")
-    return MethodFit(rec, inner_lr=s["inner_lr"], best_epoch=result.best_epoch,
-                     stopped_early=result.stopped_early)
+    return MethodFit(rec, inner_lr=choice_lr, best_epoch=result.best_epoch,
+                     stopped_early=result.stopped_early, epochs_run=len(result.history) - 1)
 
 
 def oracle_choice_recommender(dataset: Any, threshold: float = 4.0) -> OracleChoiceRecommender:

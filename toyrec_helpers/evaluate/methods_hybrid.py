@@ -20,9 +20,11 @@ shopper's mean deviation from it on their K support ratings, shrunk toward 0,
 :math:`\\kappa` chosen on the meta-validation shoppers from :data:`KAPPA_GRID` (an edge
 choice is flagged in ``fits``' ``lr_edge`` column like a tuned rate).
 
-The pretrained model and the tuned rates are computed once per seed and shared by these
-methods, as :class:`~toyrec_helpers.evaluate.methods.SeedContext` does for the feature
-model.
+The pretrained model (:func:`hybrid_fit`: the item identity a residual over the shrunk
+item mean, the pretraining epoch and whether the feature model sees the shopper features
+both chosen on the meta-validation shoppers) and the tuned rates are computed once per
+seed and shared by these methods, as :class:`~toyrec_helpers.evaluate.methods.SeedContext`
+does for the feature model.
 
 Introduced in chapter 7 (book/07_real_ratings.ipynb).
 """
@@ -51,8 +53,8 @@ from toyrec_helpers.evaluate.methods import (
 )
 from toyrec_helpers.hybrid import fit_hybrid
 
-__all__ = ["HYBRID_METHODS", "KAPPA_GRID", "ShrunkOffsetRecommender", "hybrid_fit",
-           "hybrid_inner_lr"]
+__all__ = ["HYBRID_METHODS", "KAPPA_GRID", "PRETRAIN_EPOCHS", "PRETRAIN_PATIENCE",
+           "ShrunkOffsetRecommender", "hybrid_fit", "hybrid_inner_lr"]
 
 KAPPA_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 """Shrinkage values tried for ``shrunk_offset`` (0 = the plain mean deviation)."""
@@ -91,18 +93,37 @@ _FITS: weakref.WeakKeyDictionary[SeedContext, FittedBaseline] = weakref.WeakKeyD
 _RATES: weakref.WeakKeyDictionary[SeedContext, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
+PRETRAIN_EPOCHS: int = 20
+"""Most pretraining epochs of :func:`hybrid_fit` (the best meta-validation epoch is kept)."""
+
+PRETRAIN_PATIENCE: int = 3
+"""Epochs without a lower meta-validation MSE before :func:`hybrid_fit` stops pretraining."""
+
+
 def hybrid_fit(ctx: SeedContext) -> FittedBaseline:
-    """The pretrained hybrid model of this seed (the feature model's supervised settings),
-    fitted on first use.
+    """The pretrained hybrid model of this seed, fitted on first use.
+
+    :func:`~toyrec_helpers.hybrid.fit_hybrid` with the feature model's supervised settings
+    (sizes, Adam rate, batch), the item identity learned as a residual over the shrunk
+    item mean (``residual=True``), and the epoch chosen on the meta-validation shoppers
+    served as new shoppers (at most :data:`PRETRAIN_EPOCHS`, patience
+    :data:`PRETRAIN_PATIENCE`). Whether the feature model sees the shopper features is
+    chosen the same way: both are fitted and the lower meta-validation MSE wins (the
+    choice is in ``model_config["features"]``: no ``user`` columns when they were left
+    out).
 
     Introduced in chapter 7 (book/07_real_ratings.ipynb).
     """
     if ctx not in _FITS:
         d, s = ctx.data, ctx.config.supervised
-        _FITS[ctx] = fit_hybrid(
+        fits = [fit_hybrid(
             d.user_features, d.item_features, d.train_interactions, d.split.train,
             embedding_dim=s.embedding_dim, hidden=s.hidden, identity_dim=s.embedding_dim,
-            epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=ctx.seed)
+            epochs=max(s.epochs, PRETRAIN_EPOCHS), lr=s.lr, batch_size=s.batch_size,
+            seed=ctx.seed, residual=True, val_users=d.split.val,
+            val_interactions=d.dataset.interactions, patience=PRETRAIN_PATIENCE,
+            shopper_features=shopper) for shopper in (True, False)]
+        _FITS[ctx] = min(fits, key=lambda f: f.training.best_val_mse)
     return _FITS[ctx]
 
 
