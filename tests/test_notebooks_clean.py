@@ -1,5 +1,6 @@
 """How the chapters are stored: notebooks without outputs, on the python3 kernel, checking
-their own claims with ``assert``, and every page of the book listed in ``_toc.yml``."""
+their own claims with ``assert``, reading their training seed from ``TOYREC_SEED``, and every
+page of the book listed in ``_toc.yml``."""
 
 import json
 import re
@@ -12,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
 ASSERT_LINE = re.compile(r"^\s*assert\b", re.MULTILINE)
+# The setup cell's `SEED = int(os.environ.get("TOYREC_SEED", "0"))`; CI runs every notebook
+# with TOYREC_SEED=0 (make test) and TOYREC_SEED=1 (make test-notebooks TOYREC_SEED=1).
+SEED_FROM_ENV = re.compile(
+    r"""^SEED\s*=\s*int\(\s*os\.environ\.get\(\s*["']TOYREC_SEED["']\s*,\s*["']0["']\s*\)\s*\)""",
+    re.MULTILINE)
+SEED_ASSIGNED = re.compile(r"^SEED\s*=", re.MULTILINE)
 
 
 def toc_entries() -> list[str]:
@@ -57,6 +64,20 @@ def notebook_problems(path: Path) -> list[str]:
     return problems
 
 
+def seed_problems(path: Path) -> list[str]:
+    """Whether a notebook takes its training seed from TOYREC_SEED; empty when it does."""
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=nbformat.NO_CONVERT)
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    reads = [source for source in code if SEED_FROM_ENV.search(source)]
+    assignments = sum(len(SEED_ASSIGNED.findall(source)) for source in code)
+    if not reads:
+        return [f"{path.name}: no code cell sets "
+                'SEED = int(os.environ.get("TOYREC_SEED", "0"))']
+    if assignments > 1:
+        return [f"{path.name}: SEED is assigned {assignments} times; only from TOYREC_SEED"]
+    return []
+
+
 def test_book_has_notebooks() -> None:
     assert NOTEBOOKS, f"no chapter notebooks found in {BOOK}"
 
@@ -64,6 +85,27 @@ def test_book_has_notebooks() -> None:
 def test_notebooks_are_stored_clean() -> None:
     problems = [problem for path in NOTEBOOKS for problem in notebook_problems(path)]
     assert not problems, "\n".join(problems)
+
+
+def test_notebooks_read_their_seed_from_the_environment() -> None:
+    """CI runs the book twice (TOYREC_SEED=0 and 1): every chapter's training seed follows it."""
+    problems = [problem for path in NOTEBOOKS for problem in seed_problems(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_seed_problems_are_detected(tmp_path: Path) -> None:
+    """A fixed seed, or a seed from the environment overwritten later, is rejected."""
+    path = tmp_path / "seeded.ipynb"
+    reads = 'import os\nSEED = int(os.environ.get("TOYREC_SEED", "0"))\nassert SEED >= 0'
+    for sources, expected in (
+        (["SEED = 0\nassert SEED == 0"], 1),
+        ([reads, "SEED = 3"], 1),
+        ([reads, "torch.manual_seed(SEED)"], 0),
+    ):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+        path.write_text(json.dumps(nb), encoding="utf-8")
+        assert len(seed_problems(path)) == expected, (sources, seed_problems(path))
 
 
 def test_every_toc_entry_exists() -> None:
