@@ -301,3 +301,23 @@ def test_real_toyshop_new_users_keep_random_rows_and_oracle_beats_popularity() -
         scores[rec.name] = float(mae(rec.predict(batch), batch.query_ratings,
                                      batch.query_mask).mean())
     assert scores["oracle"] < scores["popularity"] - 0.1
+
+
+def test_bracket_search_extends_at_an_edge_and_flags_what_it_cannot_bracket():
+    import math
+
+    from toyrec_helpers.baselines import bracket_search
+
+    def around(best):
+        return lambda lr: (math.log10(lr) - math.log10(best)) ** 2
+
+    inside = bracket_search(around(0.1), (0.01, 0.1, 1.0))
+    assert (inside.best, inside.edge, inside.extended) == (0.1, "", 0)
+    below = bracket_search(around(0.003), (0.01, 0.1, 1.0), max_extend=2)
+    assert math.isclose(below.best, 0.001) and below.edge == "" and below.extended == 2
+    far = bracket_search(around(1e-6), (0.01, 0.1, 1.0), max_extend=2)
+    assert math.isclose(far.best, 1e-4) and far.edge == "low" and len(far.scores) == 5
+    diverging = bracket_search(lambda lr: math.nan if lr > 0.05 else lr, (0.01, 0.1))
+    assert diverging.scores[0.1] == math.inf and diverging.edge == "low"
+    with pytest.raises(ValueError, match="grid"):
+        bracket_search(around(0.1), (0.1,))

@@ -362,3 +362,11 @@ def test_build_demo_with_a_choice_model_reports_each_choice(data):
     message = [w for w in demo.children if type(w).__name__ == "HTML"][-1]
     button.click()
     assert message.value.count("after choosing ") == 3
+
+
+def test_lr_edge_names_the_side_of_the_rates_tried():
+    from toyrec_helpers.evaluate.methods_choice import lr_edge
+
+    table = [{"inner_lr": r} for r in (0.3, 0.01, 0.1)]
+    assert lr_edge(0.01, table) == "low" and lr_edge(0.3, table) == "high"
+    assert lr_edge(0.1, table) == ""

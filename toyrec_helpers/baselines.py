@@ -42,7 +42,8 @@ from toyrec_helpers.recommenders import (
 from toyrec_helpers.training import SupervisedResult, train_supervised
 
 __all__ = [
-    "BRACKETED_LR_GRID", "INNER_LR_GRID", "TuneResult", "adam_adapt", "AdaptedModelRecommender",
+    "BRACKETED_LR_GRID", "INNER_LR_GRID", "Bracket", "TuneResult", "adam_adapt",
+    "AdaptedModelRecommender", "bracket_search",
     "ArticleRecommender", "fit_article",
     "fit_global", "FittedBaseline", "FixedModelRecommender", "OracleRecommender",
     "PopularityRecommender", "ratings_of", "Recommender", "resolve_items", "tune_inner_lr",
@@ -400,6 +401,65 @@ def _rate_row(
             "val_mae": float(mae) if finite else math.inf}
 
 
+@dataclass(frozen=True)
+class Bracket:
+    """What :func:`bracket_search` returns.
+
+    Attributes
+    ----------
+    best : float
+        The rate with the lowest score (ties to the smaller rate).
+    scores : dict of float to float
+        Every rate tried and its score (non-finite scores as ``inf``).
+    edge : {"", "low", "high"}
+        ``"low"`` or ``"high"`` when ``best`` is still the smallest or largest rate tried
+        after extending: the rates tried do not bracket the optimum.
+    extended : int
+        Rates tried beyond the grid given.
+
+    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    """
+
+    best: float
+    scores: dict[float, float]
+    edge: str
+    extended: int
+
+
+def bracket_search(score: Callable[[float], float], grid: Sequence[float],
+                   max_extend: int = 2) -> Bracket:
+    """The protocol's one rule for choosing a rate: score every rate of ``grid`` (lower is
+    better, ties to the smaller rate, a non-finite score counts as ``inf``); while the best
+    is the smallest or largest rate tried, extend on that side by the ratio of the two
+    outermost rates, up to ``max_extend`` times per side.
+
+    Used by :func:`tune_rate_bracketed` (validation MSE) and by the choice model's tuning
+    (:mod:`toyrec_helpers.choice`, validation NDCG@10, negated).
+
+    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    """
+    rates = sorted({float(g) for g in grid})
+    if len(rates) < 2 or rates[0] <= 0:
+        raise ValueError(f"argument 'grid': expected at least two positive rates, got {grid!r}")
+
+    def safe(lr: float) -> float:
+        value = float(score(lr))
+        return value if math.isfinite(value) else math.inf
+
+    scores = {lr: safe(lr) for lr in rates}
+    extended = {"low": 0, "high": 0}
+    while True:
+        tried = sorted(scores)
+        best = min(tried, key=lambda lr: (scores[lr], lr))
+        side = "low" if best == tried[0] else "high" if best == tried[-1] else ""
+        if not side or extended[side] >= max_extend:
+            return Bracket(best, scores, side, sum(extended.values()))
+        lr = (tried[0] * tried[0] / tried[1] if side == "low"
+              else tried[-1] * tried[-1] / tried[-2])
+        scores[lr] = safe(lr)
+        extended[side] += 1
+
+
 def tune_rate_bracketed(
     make: Callable[[float], Recommender],
     val_batch: EpisodeBatch,
@@ -435,30 +495,20 @@ def tune_rate_bracketed(
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
-    rates = sorted({float(g) for g in grid})
-    if len(rates) < 2 or rates[0] <= 0:
-        raise ValueError(f"argument 'grid': expected at least two positive rates, got {grid!r}")
     has_query = val_batch.query_mask.sum(-1) > 0
     if not bool(has_query.any()):
         raise ValueError("argument 'val_batch': no task has a query rating")
-    rows = {lr: _rate_row(make(lr), lr, val_batch, has_query) for lr in rates}
-    extended = {"low": 0, "high": 0}
+    rows: dict[float, dict[str, float]] = {}
 
-    def best_rate() -> float:
-        return min(rows.values(), key=lambda row: (row["val_mse"], row["inner_lr"]))["inner_lr"]
-
-    while True:
-        best, tried = best_rate(), sorted(rows)
-        side = "low" if best == tried[0] else "high" if best == tried[-1] else ""
-        if not side or extended[side] >= max_extend:
-            break
-        lr = (tried[0] * tried[0] / tried[1] if side == "low"
-              else tried[-1] * tried[-1] / tried[-2])
+    def score(lr: float) -> float:
         rows[lr] = _rate_row(make(lr), lr, val_batch, has_query)
-        extended[side] += 1
+        return rows[lr]["val_mse"]
+
+    search = bracket_search(score, grid, max_extend)
+    best = search.best
     if not math.isfinite(rows[best]["val_mse"]):
         raise FloatingPointError(f"every {what} in {tuple(sorted(rows))} diverged")
     base = math.nan if unadapted is None else _rate_row(unadapted, 0.0, val_batch,
                                                          has_query)["val_mse"]
-    return TuneResult(best=best, table=[rows[lr] for lr in sorted(rows)], edge=side,
-                      extended=sum(extended.values()), unadapted_mse=base)
+    return TuneResult(best=best, table=[rows[lr] for lr in sorted(rows)], edge=search.edge,
+                      extended=search.extended, unadapted_mse=base)

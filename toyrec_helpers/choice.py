@@ -52,6 +52,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from toyrec_helpers.baselines import bracket_search
 from toyrec_helpers.checks import check_int, check_number
 from toyrec_helpers.episodes import (
     Episode,
@@ -469,25 +470,13 @@ def _with_taste_prior(params: Params, own: torch.Tensor) -> Params:
 
 def _bracketed(loss: Callable[[float], float], grid: Sequence[float], max_extend: int
                ) -> tuple[float, dict[float, float]]:
-    """The rate of ``grid`` with the lowest ``loss(rate)`` (ties to the smaller rate);
-    when the best is at an edge the grid is widened on that side by its outer ratio, up
-    to ``max_extend`` times."""
-    rates = sorted(check_number(g, "argument 'grid'") for g in grid)
-    scores = {r: loss(r) for r in rates}
-    for _ in range(max_extend):
-        best = min(scores, key=lambda r: (scores[r], r))
-        lo, hi = min(scores), max(scores)
-        if best == lo and len(rates) > 1:
-            new = lo * rates[0] / rates[1]
-        elif best == hi and len(rates) > 1:
-            new = hi * rates[-1] / rates[-2]
-        else:
-            break
-        scores[new] = loss(new)
-    best = min(scores, key=lambda r: (scores[r], r))
-    if not math.isfinite(scores[best]):
+    """:func:`~toyrec_helpers.baselines.bracket_search` (the protocol's one rule: lowest
+    ``loss``, ties to the smaller rate, extended at an edge), failing if every rate
+    diverged."""
+    search = bracket_search(loss, grid, max_extend)
+    if not math.isfinite(search.scores[search.best]):
         raise FloatingPointError("every inner rate of the choice model diverged")
-    return best, scores
+    return search.best, search.scores
 
 
 def _table(scores: dict[float, float], validation: object) -> list[dict[str, float]]:

@@ -70,6 +70,9 @@ class MethodFit:
     val_mse : float
         Validation MSE of the fitted method (the kept meta-training epoch's, or the tuned
         rate's; ``NaN`` if none).
+    lr_edge : {"", "low", "high"}
+        For a rate tuned without a :class:`TuneResult` (e.g. on a ranking score): whether
+        it lies at an edge of the rates tried (``tuning.edge`` otherwise).
 
     Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
     """
@@ -81,6 +84,7 @@ class MethodFit:
     tuning: TuneResult | None = None
     epochs_run: int = -1
     val_mse: float = math.nan
+    lr_edge: str = ""
 
 
 FitFunction = Callable[["SeedContext"], "MethodFit | Recommender"]
@@ -380,7 +384,8 @@ def fit_method(name: str, ctx: SeedContext) -> tuple[Recommender, dict[str, Any]
     unadapted = math.nan if tuning is None else tuning.unadapted_mse
     record = {"seed": ctx.seed, "method": name, "inner_lr": fitted.inner_lr,
               "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
-              "epochs_run": fitted.epochs_run, "lr_edge": "" if tuning is None else tuning.edge,
+              "epochs_run": fitted.epochs_run,
+              "lr_edge": fitted.lr_edge if tuning is None else tuning.edge,
               "val_mse": val_mse, "unadapted_val_mse": unadapted,
               "worse_than_unadapted": bool(val_mse > unadapted),
               "seconds": time.perf_counter() - start}

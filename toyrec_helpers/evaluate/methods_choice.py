@@ -60,7 +60,7 @@ from toyrec_helpers.choice_rankers import (
 )
 from toyrec_helpers.evaluate.methods import MethodFit, SeedContext, method
 
-__all__ = ["CHOICE", "ChoiceSettings", "choice_state", "oracle_choice_recommender"]
+__all__ = ["CHOICE", "ChoiceSettings", "choice_state", "lr_edge", "oracle_choice_recommender"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,17 @@ def choice_state(ctx: SeedContext) -> dict[str, Any]:
     return state
 
 
-def _meta(ctx: SeedContext, order: str) -> tuple[float, MetaChoiceResult]:
+def lr_edge(lr: float, table: list[dict[str, float]]) -> str:
+    """``"low"`` or ``"high"`` when ``lr`` is the smallest or largest rate of a tuning
+    ``table`` (after its extensions): the grid does not bracket the best rate.
+
+    Introduced in chapter 8 (book/08_what_shoppers_choose.ipynb).
+    """
+    rates = sorted(row["inner_lr"] for row in table)
+    return "low" if lr == rates[0] else "high" if lr == rates[-1] else ""
+
+
+def _meta(ctx: SeedContext, order: str) -> tuple[float, MetaChoiceResult, str]:
     state = choice_state(ctx)
     key = f"maml_{order}"
     if key not in state:
@@ -137,7 +147,8 @@ def _meta(ctx: SeedContext, order: str) -> tuple[float, MetaChoiceResult]:
             q=CHOICE.query, order=order, meta_batch=o.meta_batch, outer_lr=o.outer_lr,
             epochs=o.epochs, patience=o.patience, seed=ctx.seed, episodes="first",
             k_range=c.train_k_range, cut=max(c.ks))
-    return state[key][0], state[key][1]
+    best, result, table = state[key]
+    return best, result, lr_edge(best, table)
 
 
 @method("itemknn", predicts_ratings=False, seed_free=True,
@@ -160,17 +171,17 @@ def _choice_finetune(ctx: SeedContext) -> MethodFit:
     s = choice_state(ctx)
     rec = ChoiceRecommender(s["model"], s["params"], ctx.config.inner.steps, s["inner_lr"],
                             name="choice_finetune")
-    return MethodFit(rec, inner_lr=s["inner_lr"])
+    return MethodFit(rec, inner_lr=s["inner_lr"], lr_edge=lr_edge(s["inner_lr"], s["tuning"]))
 
 
 def _choice_meta(name: str, order: str):  # noqa: ANN202 - a fit function
     def fit(ctx: SeedContext) -> MethodFit:
-        s, (lr, result) = choice_state(ctx), _meta(ctx, order)
+        s, (lr, result, edge) = choice_state(ctx), _meta(ctx, order)
         rec = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps, lr,
                                 name=name)
         return MethodFit(rec, inner_lr=lr, best_epoch=result.best_epoch,
                          stopped_early=result.stopped_early,
-                         epochs_run=len(result.history) - 1)
+                         epochs_run=len(result.history) - 1, lr_edge=edge)
 
     return fit
 
@@ -191,7 +202,7 @@ def _validation_rmse(rec: AdaptedModelRecommender, ctx: SeedContext) -> float:
 @method("choice_combined", predicts_ratings=False, needs=("ratings",),
         description="choice_maml's log P(choose) + log P(r >= 4) from finetune")
 def _choice_combined(ctx: SeedContext) -> MethodFit:
-    s, (choice_lr, result) = choice_state(ctx), _meta(ctx, "second")
+    s, (choice_lr, result, _) = choice_state(ctx), _meta(ctx, "second")
     choice = ChoiceRecommender(s["model"], result.params, ctx.config.inner.steps, choice_lr,
                                name="choice_maml")
     g, lr = ctx.global_fit(), ctx.inner_lr("all")
