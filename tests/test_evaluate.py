@@ -555,3 +555,17 @@ def test_registry_entries_and_their_checks(dataset, no_key_dir, restore_registry
     with pytest.raises(ValueError, match="registered with predicts_ratings=False"):
         evaluate(dataset, EvalConfig(ks=(5,), seeds=(0,), n_boot=10), methods=["liar"],
                  progress=False)
+
+
+def test_a_method_does_not_depend_on_the_methods_fitted_before_it(data):
+    # `evaluate` fits the methods of a seed one after another; each must start from its own
+    # seed, not from whatever random state the methods before it left behind
+    batch = data.test_batch(3)
+    for name in ["global", "encoder", "mamo", "global_hybrid", "choice_global"]:
+        torch.manual_seed(123)
+        first, _ = fit_methods(data, 0, [name])
+        torch.manual_seed(456)
+        torch.rand(1000)
+        second, _ = fit_methods(data, 0, [name])
+        assert torch.equal(first[name].predict(batch, "all"),
+                           second[name].predict(batch, "all")), name

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from toyrec_helpers.encoder import EncoderRecommender, SetEncoderModel, meta_train_encoder
 from toyrec_helpers.evaluate.methods import MethodFit, SeedContext, method
 from toyrec_helpers.mamo import Episodes, MamoConfig, MamoRecommender, meta_train_mamo
@@ -61,7 +63,8 @@ def _encoder(ctx: SeedContext) -> MethodFit:
     g = ctx.global_fit()
     base = copy.deepcopy(g.model)  # the encoder starts from the global model's parameters
     base.load_state_dict(g.params)
-    model = SetEncoderModel(base, width=ENCODER_WIDTH)
+    torch.manual_seed(ctx.seed)  # the encoder's new layers: from this seed, not from the
+    model = SetEncoderModel(base, width=ENCODER_WIDTH)  # methods fitted before it
     # the protocol's meta-batch, Adam rate and epochs; the inner rate is not used
     config = c.meta_config(c.inner.lr_grid[0])
     result = meta_train_encoder(model, _training_tasks(ctx), d.val_episodes, config,
