@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]*_*.ipynb"))  # 03_..., 03b_...
 REPO = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))["repository"]["url"]
 
 
@@ -37,3 +37,4 @@ def test_colab_link_and_install_url_match_the_configured_repository(path):
 
 def test_every_chapter_is_checked():
     assert len(CHAPTERS) >= 6
+    assert set(CHAPTERS) == set((ROOT / "book").glob("*.ipynb"))  # every notebook is a page

@@ -236,7 +236,7 @@ def fit_article(
         The pretrained model, wrapped as an :class:`ArticleRecommender` (``recommender``)
         that fine-tunes it per user.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
     return _fit(
         lambda mean: IdEmbeddingRecommender(n_users, n_items, embedding_dim, rating_mean=mean),
@@ -285,7 +285,7 @@ def tune_rate(
     FloatingPointError
         If every rate diverges.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
     if len(grid) == 0:
         raise ValueError("argument 'grid' is empty")
@@ -338,7 +338,7 @@ def tune_inner_lr(
     tuple of float and list of dict
         The chosen rate and the table of every rate tried, as from :func:`tune_rate`.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
     if config.meta_sgd != "off":
         raise ValueError("tune_inner_lr tunes one shared inner rate; config.meta_sgd must be "

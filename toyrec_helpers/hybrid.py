@@ -50,7 +50,7 @@ described by one :class:`~toyrec_helpers.models.InputPlan` (input vector -> head
 hybrid is a sum of three parts; its cheap path is :class:`HybridServer`.
 
 Introduced in chapter 7 (book/07_real_ratings.ipynb); the model is previewed in chapter 3
-(book/03_base_recommender.ipynb).
+(book/03b_honest_baselines.ipynb).
 """
 
 from __future__ import annotations

@@ -530,7 +530,7 @@ class IdEmbeddingRecommender(nn.Module):
     linear : torch.nn.Linear
         The decision layer (the ``"head"`` group).
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
 
     decision_prefixes: ClassVar[tuple[str, ...]] = ("linear.",)

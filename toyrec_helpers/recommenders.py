@@ -176,7 +176,7 @@ class PopularityRecommender:
     global_mean : float
         ``mu``.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
 
     def __init__(
@@ -307,7 +307,7 @@ class AdaptedModelRecommender(_ModelBased):
     chunk_size : int or None
         Tasks adapted at once.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
 
     def __init__(
@@ -373,7 +373,7 @@ def adam_adapt(
     dict of str to torch.Tensor
         The fine-tuned parameters.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
     b1, b2 = betas
 
@@ -426,7 +426,7 @@ class ArticleRecommender(_ModelBased):
         Users fine-tuned at once (each holds a full copy of the parameters and of
         Adam's two moment estimates).
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
 
     def __init__(
@@ -478,7 +478,7 @@ class OracleRecommender:
     name : str
         Label. Default ``"oracle"``.
 
-    Introduced in chapter 3 (book/03_base_recommender.ipynb).
+    Introduced in chapter 3 (book/03b_honest_baselines.ipynb).
     """
 
     predicts_ratings = True
