@@ -7,7 +7,7 @@ it when given a choice model (``choice=``).
 Everything the demo computes lives in plain functions (:func:`recommend_for_new_shopper`,
 :func:`explain_change`, ...), tested without a browser; :func:`build_demo` only wires them to
 widgets. Column names come from the data set's schema, so the demo works on any shop.
-Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+Introduced in chapter 6 (book/06b_who_benefits.ipynb).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def append_rows(features: EncodedFeatures, rows: EncodedFeatures) -> EncodedFeat
     """The rows of ``features`` followed by ``rows`` (same columns and vocabularies).
 
     Multi-valued columns are padded with index 0 to the wider of the two.
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     if (features.categorical_names, features.multi_names, features.numeric_names) != (
         rows.categorical_names,
@@ -71,7 +71,7 @@ def model_with_new_user(
     index : int
         The new user's row index.
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     if new_user.n != 1:
         raise ValueError(f"new_user must have exactly one row, got {new_user.n}")
@@ -94,7 +94,7 @@ def demo_items(
     largest groups (by the first categorical item column, or ``group_by``), so the handful
     covers different kinds of toys. Deterministic.
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     column = group_by or _first_categorical(dataset)
     counts = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
@@ -126,7 +126,7 @@ class NewShopperResult:
     top_before, top_after : numpy.ndarray
         The ``k`` best unrated items before and after, best first.
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
 
     before: np.ndarray
@@ -138,7 +138,7 @@ class NewShopperResult:
 
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int = 10) -> np.ndarray:
     """Indices of the ``k`` highest scores, best first, skipping ``exclude``; ties go to
-    the lower index. Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb)."""
+    the lower index. Introduced in chapter 6 (book/06b_who_benefits.ipynb)."""
     masked = np.asarray(scores, dtype=np.float64).copy()
     masked[np.asarray(exclude, dtype=np.int64)] = -np.inf
     order = np.argsort(-masked, kind="stable")
@@ -176,7 +176,7 @@ def recommend_for_new_shopper(
     -------
     NewShopperResult
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     if not ratings:
         raise ValueError("ratings: rate at least one item")
@@ -215,7 +215,7 @@ def encode_new_user(
         Values for the other feature columns (e.g. a typical shopper's row); a missing
         categorical value is encoded as unseen (index 0).
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     row: dict[str, Any] = {}
     for col in encoder.spec.columns:
@@ -243,7 +243,7 @@ def explain_change(
     """One line on what adaptation changed in the top list, by the values of ``column``.
 
     For example ``"Puzzles rose from 1 to 4 of the top 10; Plush fell from 3 to 0."``
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     before = items[column].iloc[np.asarray(top_before)].value_counts()
     after = items[column].iloc[np.asarray(top_after)].value_counts()
@@ -344,7 +344,7 @@ def top_table(
 ) -> pd.DataFrame:
     """The items at ``indices`` with their title, some feature columns and the score.
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     spec = dataset.schema.items
     shown = ([spec.title] if spec.title else [spec.id]) + (
@@ -378,7 +378,7 @@ def build_demo(
     and the message says what each choice changed. Requires ``ipywidgets``; returns the
     widget (display it as a cell's last expression).
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     import ipywidgets as widgets
 

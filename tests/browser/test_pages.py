@@ -29,7 +29,7 @@ HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted(path.stem for path in (ROOT / "book").glob("*.ipynb"))
 # Chapters whose point is an interactive widget: the page must contain rendered widgets.
-WIDGET_CHAPTER_PREFIXES = ("06_",)
+WIDGET_CHAPTER_PREFIXES = ("06b_",)
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach Google's services.
 CHROMIUM_ARGS = [

@@ -414,7 +414,7 @@ def fit_methods(
     fits : pandas.DataFrame
         One row per method, the record of :func:`fit_method`.
 
-    Introduced in chapter 6 (book/06_cold_start_evaluation.ipynb).
+    Introduced in chapter 6 (book/06b_who_benefits.ipynb).
     """
     ctx = SeedContext(data, seed)
     recs, rows = {}, []
