@@ -109,15 +109,13 @@ def test_residual_pretraining_starts_at_the_item_mean_and_keeps_the_best_epoch()
     item_mean = pop.scores[i].numpy()
     err = ((pred - held["rating"].to_numpy()) ** 2).mean()
     assert err < ((item_mean - held["rating"].to_numpy()) ** 2).mean()
-    with pytest.raises(ValueError, match="new_shopper_rate"):
-        fit_hybrid(users, items, inter, train, epochs=1, new_shopper_rate=1.0)
 
 
 def test_pretraining_without_shopper_features_serves_every_new_shopper_alike():
     users, items = make_features(n_users=40, n_items=30)
     inter = _interactions(40, 30)
     fit = fit_hybrid(users, items, inter, np.arange(30), epochs=2, lr=1e-2, seed=0,
-                     residual=True, shopper_features=False, new_shopper_rate=0.5)
+                     residual=True, shopper_features=False)
     pred = fit.model(torch.arange(30, 40)[:, None], torch.arange(30)).detach()
     torch.testing.assert_close(pred, pred[:1].expand(10, 30))
     with_features = fit_hybrid(users, items, inter, np.arange(30), epochs=2, lr=1e-2, seed=0,

@@ -210,14 +210,11 @@ class _Pretraining(nn.Module):
     """The hybrid plus one bias and taste offset per shopper: matrix factorisation with
     features, used only by :func:`fit_hybrid`. The offsets of shoppers outside ``rows``
     (validation shoppers) start at zero and stay there (they get no gradient), so the
-    model predicts them as a shopper never seen. With ``new_rate > 0`` each training rating
-    is, with that probability, predicted without its shopper's offsets (as for a new
-    shopper), so that the feature model and the shared shopper part learn to serve one."""
+    model predicts them as a shopper never seen."""
 
-    def __init__(self, model: HybridRecommender, rows: torch.Tensor,
-                 new_rate: float = 0.0) -> None:
+    def __init__(self, model: HybridRecommender, rows: torch.Tensor) -> None:
         super().__init__()
-        self.model, self.new_rate = model, float(new_rate)
+        self.model = model
         self.user_bias = nn.Embedding(model.n_users, 1)
         self.user_taste = nn.Embedding(model.n_users, model.identity_dim)
         with torch.no_grad():
@@ -229,8 +226,6 @@ class _Pretraining(nn.Module):
         users, items = torch.broadcast_tensors(users, items)
         _, vectors = self.model.identity(items)
         own = self.user_bias(users).squeeze(-1) + (vectors * self.user_taste(users)).sum(-1)
-        if self.new_rate > 0 and torch.is_grad_enabled():
-            own = own * (torch.rand(own.shape) >= self.new_rate)
         return self.model(users, items) + own
 
 
@@ -247,7 +242,7 @@ def fit_hybrid(
     seed: int = 0, name: str = "global_hybrid", residual: bool = False,
     val_users: np.ndarray | Sequence[int] | None = None,
     val_interactions: pd.DataFrame | None = None, patience: int | None = None,
-    new_shopper_rate: float = 0.0, shopper_features: bool = True,
+    shopper_features: bool = True,
 ) -> FittedBaseline:
     """Pretrain the hybrid on the training shoppers' ratings (the hybrid "global" model).
 
@@ -285,11 +280,6 @@ def fit_hybrid(
         Learn the item identity as a residual over the fixed shrunk item mean (above).
     val_users, val_interactions, patience
         Optional early stopping on meta-validation shoppers (above).
-    new_shopper_rate : float
-        Share of training ratings predicted without their shopper's own offsets, as for
-        a new shopper (in [0, 1); 0 = plain matrix factorisation). Without it the
-        per-shopper offsets can absorb what the shopper features explain, and the feature
-        model then drifts in ways that a new shopper, who has no offsets, pays for.
     shopper_features : bool
         ``False``: the feature model sees no shopper feature (:func:`without_columns`),
         only the items'. Where a few coarse shopper attributes nearly identify each
@@ -305,9 +295,6 @@ def fit_hybrid(
 
     Introduced in chapter 7 (book/07_real_ratings.ipynb).
     """
-    if not 0.0 <= float(new_shopper_rate) < 1.0:
-        raise ValueError(f"argument 'new_shopper_rate': expected a number in [0, 1), got "
-                         f"{new_shopper_rate!r}")
     start = time.perf_counter()
     if not shopper_features:
         user_features = without_columns(user_features)
@@ -323,7 +310,7 @@ def fit_hybrid(
         torch.manual_seed(int(seed))
         model = HybridRecommender(user_features, item_features, counts, embedding_dim, hidden,
                                   mu, identity_dim, shrinkage, prior=prior)
-        wrapper = _Pretraining(model, rows, new_shopper_rate)
+        wrapper = _Pretraining(model, rows)
     if not residual:
         with torch.no_grad():  # start from the item means: w_i b_i near the shrunk item mean
             means = np.where(counts > 0, sums / np.maximum(counts, 1) - mu, 0.0)
@@ -334,7 +321,7 @@ def fit_hybrid(
         val = ratings_of(interactions if val_interactions is None else val_interactions,
                          val_users)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))  # the new-shopper draws
+        torch.manual_seed(int(seed))  # training draws from this seed alone
         result = train_supervised(wrapper, users, items, ratings, epochs=epochs, lr=lr,
                                   batch_size=batch_size, weight_decay=weight_decay, seed=seed,
                                   val=val, patience=patience if val is not None else None)
