@@ -20,6 +20,7 @@ from toyrec_helpers.metrics import (
     n_valid,
     ndcg_at_k,
     rmse,
+    top_k_indices,
 )
 
 L3 = math.log2(3)  # discount denominator of rank 1 (0-based); rank 0 -> 1, rank 2 -> 2
@@ -244,6 +245,19 @@ def test_catalogue_matches_python_reference() -> None:
         hr_ref, nd_ref = catalogue_reference(np.nan_to_num(scores, nan=0.0), relevant, exclude, k)
         assert close(hit_rate_at_k(scores, relevant, exclude, k=k), hr_ref)
         assert close(catalogue_ndcg_at_k(scores, relevant, exclude, k=k), nd_ref, tol=1e-12)
+
+
+def test_top_k_indices_equals_the_head_of_a_stable_sort() -> None:
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 6, (300, 50), generator=g).double()  # many ties
+    scores[torch.rand(300, 50, generator=g) < 0.3] = -torch.inf  # excluded items
+    scores[0] = -torch.inf  # a row with nothing left to rank
+    scores[1] = 2.0  # a row of ties only
+    full = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    for k in (0, 1, 7, 10, 50):
+        assert torch.equal(top_k_indices(scores, k), full[:, :k])
+    with pytest.raises(ValueError, match="argument 'k'"):
+        top_k_indices(scores, 51)
 
 
 def test_catalogue_errors() -> None:

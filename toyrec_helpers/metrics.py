@@ -24,7 +24,7 @@ import torch
 
 __all__ = [
     "BootstrapCI", "bootstrap_ci", "bootstrap_ci_pooled", "catalogue_masks", "catalogue_ndcg_at_k",
-    "hit_rate_at_k", "mae", "n_valid", "ndcg_at_k", "rmse"
+    "hit_rate_at_k", "mae", "n_valid", "ndcg_at_k", "rmse", "top_k_indices"
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -62,7 +62,10 @@ def _same_shape(**tensors: torch.Tensor) -> None:
 
 
 def _check_finite(values: torch.Tensor, where: torch.Tensor, name: str) -> None:
-    bad = where & ~torch.isfinite(values)
+    finite = torch.isfinite(values)
+    if finite.all():
+        return
+    bad = where & ~finite
     if bad.any():
         rows = torch.nonzero(bad.any(dim=1)).flatten()[:5].tolist()
         raise ValueError(
@@ -201,7 +204,9 @@ def _topk_relevance(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary relevance of each user's top-k non-excluded items, and each user's #relevant."""
     _check_k(k)
-    s = _as_2d(scores, "scores", torch.float64)
+    s = _as_2d(scores, "scores")
+    if not s.is_floating_point():  # floats keep their type: widening changes no order
+        s = s.to(torch.float64)
     r = _as_mask(relevant, "relevant")
     e = _as_mask(exclude, "exclude")
     _same_shape(scores=s, relevant=r, exclude=e)
@@ -214,11 +219,42 @@ def _topk_relevance(
         )
     _check_finite(s, ~e, "scores")
     k_eff = min(k, s.shape[1])
-    neg_inf = torch.tensor(-torch.inf, dtype=torch.float64, device=s.device)
     # Excluded items get -inf: they sort last and, being never relevant, never score a hit.
-    order = torch.sort(torch.where(e, neg_inf, s), dim=1, descending=True, stable=True).indices
-    top_rel = r.gather(1, order[:, :k_eff]).to(torch.float64)
-    return top_rel, r.sum(dim=1)
+    order = top_k_indices(s.masked_fill(e, -torch.inf), k_eff)
+    top_rel = r.gather(1, order).to(torch.float64)
+    return top_rel, r.sum(dim=1, dtype=torch.int32).long()
+
+
+def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``[T, k]`` of each row's ``k`` highest scores, best first, ties broken by
+    the lower index: the first ``k`` columns of a stable descending sort, without sorting
+    the whole row (a catalogue of 12,000 toys costs a ``topk`` and a sort of ``k``).
+
+    ``scores`` must hold no NaN; ``-inf`` is allowed (it ranks last). The catalogue
+    metrics (:func:`hit_rate_at_k`, :func:`catalogue_ndcg_at_k`) rank with it.
+
+    Introduced in chapter 10 (book/10_gpu_acceleration.ipynb).
+    """
+    n = scores.shape[1]
+    if not 0 <= k <= n:
+        raise ValueError(f"argument 'k': expected 0 <= k <= {n} (the row length), got {k}")
+    if k == 0:
+        return torch.zeros(scores.shape[0], 0, dtype=torch.int64, device=scores.device)
+    values, index = torch.topk(scores, min(k + 1, n), dim=1)
+    # A row whose (k+1)-th best equals its k-th best has ties across the cut: which tied
+    # items make the top k is decided by index. Elsewhere the top-k set is topk's.
+    chosen = index[:, :k].sort(dim=1).values  # the set, by index
+    if k < n:
+        crowded = torch.nonzero(values[:, k] == values[:, k - 1])[:, 0]
+        if crowded.numel():
+            sub, kth = scores[crowded], values[crowded, k - 1:k]
+            above, tied = sub > kth, sub == kth
+            room = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
+            keep = above | (tied & (torch.cumsum(tied, dim=1, dtype=torch.int32) <= room))
+            chosen[crowded] = torch.nonzero(keep)[:, 1].reshape(len(crowded), k)
+    # a stable sort by score of the index-ordered set keeps equal scores in index order
+    by_score = torch.sort(scores.gather(1, chosen), dim=1, descending=True, stable=True)
+    return chosen.gather(1, by_score.indices)
 
 
 def hit_rate_at_k(
