@@ -111,6 +111,27 @@ def test_loading_a_gpu_bench_file_checks_its_provenance(name):
             check_provenance(name, {**stored, **change})
 
 
+def test_the_purchase_log_benches_are_the_runs_the_book_reports():
+    """The 20,000-shopper purchase-log runs (bench-purchases): every ranking method within
+    ten minutes and 2 GB on two cores, with the current protocol; the check catches a file
+    whose verdict does not follow from its numbers."""
+    from toyrec_helpers.stored_results import check_provenance, load
+
+    full, base = load("bench_purchases_20k"), load("bench_purchases_20k_baselines")
+    for run in (full, base):
+        assert run["data"] == {"name": run["data"]["name"], "users": 20_000, "items": 12_000,
+                               "purchases": 170_000, "distinct_pairs": 170_000}
+        assert run["cpus"] == 2 and run["threads"] == 2 and run["within_limits"]
+        assert run["evaluate"]["protocol"]["seeds"] == [0]
+    assert {"popularity_count", "itemknn", "choice_global", "choice_finetune", "choice_fomaml",
+            "choice_maml"} <= set(full["evaluate"]["protocol"]["methods"])
+    with pytest.raises(ValueError, match="within_limits"):
+        check_provenance("bench_purchases_x", {**full, "wall_s": 601.0})
+    with pytest.raises(ValueError, match="protocol field 'ks'"):
+        check_provenance("bench_purchases_x", {**full, "evaluate": {
+            "protocol": {**full["evaluate"]["protocol"], "ks": [1]}}})
+
+
 def test_the_evaluation_provenance_check_matches_this_files_check():
     """check_provenance accepts what the test above accepts and names what it rejects."""
     from toyrec_helpers.stored_results import check_provenance

@@ -417,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--seeds", type=_positive_int, default=1, help="default 1")
     bp.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                     help="evaluate's --methods (default: every method the data can serve)")
-    bp.add_argument("--threads", type=_positive_int, default=1, help="default 1")
+    bp.add_argument("--threads", type=_positive_int, default=2,
+                    help="torch CPU threads (default 2: the two cores of the budget)")
     bp.add_argument("--json", type=Path, default=None, metavar="FILE",
                     help="also write the result as JSON (replaces only a previous result)")
     bp.set_defaults(func=_bench_purchases)

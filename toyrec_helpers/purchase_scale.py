@@ -70,7 +70,7 @@ def _load() -> list[float] | None:
 def run_purchase_scale(
     users: int = 20_000, items: int = 12_000, purchases: int = 170_000, shards: int = 10,
     seed: int = 0, seeds: int = 1, ks: Sequence[int] = (1, 3, 5, 10),
-    methods: Sequence[str] | None = None, threads: int = 1,
+    methods: Sequence[str] | None = None, threads: int = 2,
     json_path: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Time ``evaluate`` on a synthetic purchase log and measure its peak memory.
@@ -87,7 +87,7 @@ def run_purchase_scale(
     methods : sequence of str, optional
         ``--methods`` (default: every method the data can serve).
     threads : int
-        ``--threads`` (torch CPU threads).
+        ``--threads`` (torch CPU threads; default 2, the two cores of the budget).
     json_path : path, optional
         Also write the result there (atomically).
     data : path, optional

@@ -78,7 +78,10 @@ def check_provenance(name: str, stored: dict[str, Any]) -> None:
     must be the current default :class:`~toyrec_helpers.evaluate.EvalConfig` with the
     current method registry, every (method, K, metric) row must be there and every mean
     inside its interval. A ``bench_gpu_*`` file must name an NVIDIA device, torch and a
-    date, and every row a known implementation and a throughput (or its error).
+    date, and every row a known implementation and a throughput (or its error). A
+    ``bench_purchases_*`` file (``bench-purchases``) must be a successful run whose
+    ``within_limits`` follows from its time, memory and limits, and whose evaluation used
+    the current default protocol (apart from its seeds) and registered methods.
 
     Parameters
     ----------
@@ -100,6 +103,8 @@ def check_provenance(name: str, stored: dict[str, Any]) -> None:
         _check_evaluation(stem, stored)
     elif stem.startswith("bench_gpu_"):
         _check_gpu_bench(stem, stored)
+    elif stem.startswith("bench_purchases_"):
+        _check_purchase_bench(stem, stored)
 
 
 def load(name: str, *, check: bool = True) -> dict[str, Any]:
@@ -177,3 +182,28 @@ def _check_gpu_bench(stem: str, stored: dict[str, Any]) -> None:
             _fail(stem, f"unknown implementation in row {row}")
         if not ((row.get("tasks_per_s") or 0) > 0 or row.get("error")):
             _fail(stem, f"row {row} has neither a throughput nor an error")
+
+
+def _check_purchase_bench(stem: str, stored: dict[str, Any]) -> None:
+    from toyrec_helpers.evaluate import EvalConfig
+    from toyrec_helpers.evaluate.methods import method_names
+    from toyrec_helpers.purchase_scale import _WHAT, LIMITS
+
+    if stored.get("what") != _WHAT or stored.get("returncode") != 0:
+        _fail(stem, f"not a successful run of bench-purchases (what={stored.get('what')!r}, "
+                    f"returncode={stored.get('returncode')!r})")
+    limits = stored.get("limits") or {}
+    if limits != LIMITS:
+        _fail(stem, f"limits {limits} differ from the code's {LIMITS}")
+    within = stored["wall_s"] <= limits["seconds"] and stored["peak_mb"] <= limits["peak_mb"]
+    if stored.get("within_limits") is not within:
+        _fail(stem, f"within_limits is {stored.get('within_limits')!r} but wall_s "
+                    f"{stored['wall_s']} and peak_mb {stored['peak_mb']} say {within}")
+    protocol = stored.get("evaluate", {}).get("protocol", {})
+    for key, value in EvalConfig().to_dict().items():
+        if key != "seeds" and protocol.get(key) != value:
+            _fail(stem, f"protocol field {key!r} is {protocol.get(key)!r}, the code's default "
+                        f"is {value!r}")
+    unknown = [m for m in protocol.get("methods") or [] if m not in method_names()]
+    if not protocol.get("methods") or unknown:
+        _fail(stem, f"methods {protocol.get('methods')}: unknown to the registry: {unknown}")
