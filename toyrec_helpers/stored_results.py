@@ -137,21 +137,14 @@ def _fail(stem: str, why: str) -> None:
 
 
 def _check_evaluation(stem: str, stored: dict[str, Any]) -> None:
-    from toyrec_helpers.evaluate import EvalConfig
-    from toyrec_helpers.evaluate.methods import get_method, method_names
+    from toyrec_helpers.evaluate.methods import get_method
     from toyrec_helpers.evaluate.scoring import CATALOGUE_METRICS
 
     if not {"data", "protocol", "summary"} <= set(stored):
         _fail(stem, f"expected the keys data, protocol, summary, got {sorted(stored)}")
     protocol = stored["protocol"]
-    for key, value in EvalConfig().to_dict().items():
-        if protocol.get(key) != value:
-            _fail(stem, f"protocol field {key!r} is {protocol.get(key)!r}, the code's default "
-                        f"is {value!r}")
-    methods = protocol.get("methods") or []
-    unknown = [m for m in methods if m not in method_names()]
-    if not methods or unknown:
-        _fail(stem, f"methods {methods}: unknown to the registry: {unknown}")
+    _check_protocol(stem, protocol)
+    methods = protocol["methods"]
     rows = {(r["method"], r["k"], r["metric"]) for r in stored["summary"]}
     rated = protocol.get("data_kind") != "purchases"
     for method in methods:
@@ -185,8 +178,6 @@ def _check_gpu_bench(stem: str, stored: dict[str, Any]) -> None:
 
 
 def _check_purchase_bench(stem: str, stored: dict[str, Any]) -> None:
-    from toyrec_helpers.evaluate import EvalConfig
-    from toyrec_helpers.evaluate.methods import method_names
     from toyrec_helpers.purchase_scale import _WHAT, LIMITS
 
     if stored.get("what") != _WHAT or stored.get("returncode") != 0:
@@ -199,11 +190,20 @@ def _check_purchase_bench(stem: str, stored: dict[str, Any]) -> None:
     if stored.get("within_limits") is not within:
         _fail(stem, f"within_limits is {stored.get('within_limits')!r} but wall_s "
                     f"{stored['wall_s']} and peak_mb {stored['peak_mb']} say {within}")
-    protocol = stored.get("evaluate", {}).get("protocol", {})
+    _check_protocol(stem, stored.get("evaluate", {}).get("protocol", {}), skip=("seeds",))
+
+
+def _check_protocol(stem: str, protocol: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """The protocol an evaluation recorded is the code's default (but for ``skip``) and
+    names only registered methods."""
+    from toyrec_helpers.evaluate import EvalConfig
+    from toyrec_helpers.evaluate.methods import method_names
+
     for key, value in EvalConfig().to_dict().items():
-        if key != "seeds" and protocol.get(key) != value:
+        if key not in skip and protocol.get(key) != value:
             _fail(stem, f"protocol field {key!r} is {protocol.get(key)!r}, the code's default "
                         f"is {value!r}")
-    unknown = [m for m in protocol.get("methods") or [] if m not in method_names()]
-    if not protocol.get("methods") or unknown:
-        _fail(stem, f"methods {protocol.get('methods')}: unknown to the registry: {unknown}")
+    methods = protocol.get("methods") or []
+    unknown = [m for m in methods if m not in method_names()]
+    if not methods or unknown:
+        _fail(stem, f"methods {methods}: unknown to the registry: {unknown}")
