@@ -26,13 +26,16 @@ from typing import Any
 
 from toyrec_helpers.fileio import write_json_atomic
 
-__all__ = ["LIMITS", "check_scale_json", "format_purchase_scale", "run_purchase_scale"]
+__all__ = ["LIMITS", "RESULT_WHAT", "check_scale_json", "format_purchase_scale",
+           "run_purchase_scale"]
 
 LIMITS = {"seconds": 600.0, "peak_mb": 2048.0}
 """What the run should stay within on two CPU cores: 10 minutes and 2 GB."""
 
 
-_WHAT = "python -m toyrec_helpers evaluate on a synthetic purchase log"
+RESULT_WHAT = "python -m toyrec_helpers evaluate on a synthetic purchase log"
+"""The ``what`` field of every result of :func:`run_purchase_scale` (how a stored file is
+recognised as one)."""
 
 
 def check_scale_json(path: str | os.PathLike[str]) -> Path:
@@ -51,7 +54,7 @@ def check_scale_json(path: str | os.PathLike[str]) -> Path:
         raise FileExistsError(f"{path}: is a directory; expected a file name for the JSON")
     if path.exists():
         try:
-            ours = json.loads(path.read_text(encoding="utf-8")).get("what") == _WHAT
+            ours = json.loads(path.read_text(encoding="utf-8")).get("what") == RESULT_WHAT
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             ours = False
         if not ours:
@@ -144,7 +147,7 @@ def run_purchase_scale(
             raise RuntimeError(f"evaluate failed (exit {proc.returncode}):\n{tail}")
         evaluated = json.loads(out_json.read_text(encoding="utf-8"))
     result = {
-        "what": _WHAT,
+        "what": RESULT_WHAT,
         "data": {k: summary[k] for k in ("name", "users", "items", "purchases",
                                          "distinct_pairs") if k in summary},
         "data_seconds": round(made_s, 1),

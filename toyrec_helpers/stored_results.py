@@ -178,9 +178,9 @@ def _check_gpu_bench(stem: str, stored: dict[str, Any]) -> None:
 
 
 def _check_purchase_bench(stem: str, stored: dict[str, Any]) -> None:
-    from toyrec_helpers.purchase_scale import _WHAT, LIMITS
+    from toyrec_helpers.purchase_scale import LIMITS, RESULT_WHAT
 
-    if stored.get("what") != _WHAT or stored.get("returncode") != 0:
+    if stored.get("what") != RESULT_WHAT or stored.get("returncode") != 0:
         _fail(stem, f"not a successful run of bench-purchases (what={stored.get('what')!r}, "
                     f"returncode={stored.get('returncode')!r})")
     limits = stored.get("limits") or {}
